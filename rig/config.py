@@ -1,0 +1,314 @@
+"""Lab configuration: pydantic models, loaded from YAML with ``file:line: field: problem`` errors.
+
+The resolved config (secrets masked) is stored with every run, so a result always says what
+produced it (after QCoDeS's station snapshot).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from .errors import ConfigError
+
+HexKey = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{32}$", description="16-byte key, hex")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(Strict):
+    """A delay in milliseconds drawn per use: fixed, uniform or (truncated) normal."""
+
+    dist: Literal["fixed", "uniform", "normal"] = "fixed"
+    ms: float | None = Field(None, ge=0, description="fixed value")
+    low: float | None = Field(None, ge=0)
+    high: float | None = Field(None, ge=0)
+    mean: float | None = Field(None, ge=0)
+    sd: float | None = Field(None, ge=0)
+    min: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Distribution:
+        need = {"fixed": ("ms",), "uniform": ("low", "high"), "normal": ("mean", "sd")}[self.dist]
+        missing = [n for n in need if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"dist {self.dist!r} needs {', '.join(missing)}")
+        return self
+
+    def draw(self, rng: Any) -> float:
+        """Milliseconds, using a ``random.Random``."""
+        if self.dist == "fixed":
+            v = float(self.ms or 0.0)
+        elif self.dist == "uniform":
+            v = rng.uniform(self.low, self.high)
+        else:
+            v = rng.gauss(self.mean, self.sd)
+        return max(self.min, v)
+
+
+class TerminalModel(Strict):
+    """Electrical limits and console profile of one terminal model."""
+
+    voltage_max: float = Field(gt=0, description="never set a PSU above this (V)")
+    current_max: float = Field(gt=0, description="never set a current limit above this (A)")
+    nominal_voltage: float = Field(gt=0)
+    profile: str = Field("vlab", description="console line profile (regexes -> event kinds)")
+
+    @model_validator(mode="after")
+    def _nominal_in_limit(self) -> TerminalModel:
+        if self.nominal_voltage > self.voltage_max:
+            raise ValueError(f"nominal_voltage {self.nominal_voltage} > voltage_max {self.voltage_max}")
+        return self
+
+
+PsuDialectName = Literal["generic", "keysight_e36300", "rigol_dp800", "siglent_spd3303"]
+
+
+class PsuConfig(Strict):
+    kind: Literal["psu"] = "psu"
+    resource: str = Field(description="VISA resource, e.g. TCPIP0::127.0.0.1::5025::SOCKET")
+    dialect: PsuDialectName = "generic"
+    channels: int = Field(3, ge=1, le=8)
+    timeout_s: float = Field(2.0, gt=0)
+
+
+class RelayConfig(Strict):
+    kind: Literal["relay"] = "relay"
+    port: str = Field(description="pyserial URL or device path")
+    baudrate: int = 9600
+    channels: int = Field(8, ge=1, le=16)
+    address: int = Field(1, ge=0, le=255)
+
+
+Instrument = Annotated[PsuConfig | RelayConfig, Field(discriminator="kind")]
+
+
+class PowerConfig(Strict):
+    """How a terminal is powered: a PSU channel (voltage, current limit) or a relay channel."""
+
+    psu: str | None = None
+    relay: str | None = None
+    channel: int = Field(ge=1)
+    voltage: float | None = Field(None, gt=0)
+    current_limit: float | None = Field(None, gt=0)
+    off_s: float = Field(0.5, ge=0, description="off time in a power cycle")
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> PowerConfig:
+        if (self.psu is None) == (self.relay is None):
+            raise ValueError("give exactly one of psu / relay")
+        if self.psu is not None and (self.voltage is None or self.current_limit is None):
+            raise ValueError("a psu channel needs voltage and current_limit")
+        return self
+
+
+class Operator(Strict):
+    id: str = Field("01", pattern=r"^[0-9A-Za-z]{1,8}$")
+    password: str = Field("0000", min_length=1, max_length=16)
+
+
+class TerminalConfig(Strict):
+    model: str
+    terminal_id: str = Field(pattern=r"^[0-9A-Za-z]{8}$", description="field 41")
+    merchant_id: str = Field(pattern=r"^[0-9A-Za-z]{15}$", description="field 42")
+    tmk: HexKey
+    key_mode: Literal["001", "003", "004"] = "003"
+    power: PowerConfig
+    console: str | None = Field(None, description="pyserial URL of the console log port")
+    ecr: str | None = Field(None, description="pyserial URL of the ECR port")
+    host_path: str = Field(description="host:port the terminal dials (the host, or a fault proxy)")
+    operator: Operator = Operator()
+    auto_login: bool = True
+
+
+def _hostport(v: str) -> str:
+    if not re.fullmatch(r"[^:\s]+:\d{1,5}", v) or not 0 < int(v.rsplit(":", 1)[1]) < 65536:
+        raise ValueError(f"expected host:port, got {v!r}")
+    return v
+
+
+class HostRule(Strict):
+    processing_ms: float = Field(0.0, ge=0)
+
+
+class HostConfig(Strict):
+    dialect: Literal["cup", "iso87"] = "cup"
+    listen: str = "127.0.0.1:5800"
+    processing_ms: float = Field(0.0, ge=0, description="delay before each response")
+    rules: dict[str, HostRule] = Field(default_factory=dict, description="per terminal name")
+    read_timeout_s: float = Field(30.0, gt=0)
+
+    _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
+
+
+class SimConfig(Strict):
+    """Settings of the virtual lab (ignored on a real bench)."""
+
+    time_scale: float = Field(1.0, gt=0, le=100, description="multiplies every simulated delay")
+    seed: int = 1
+    psu_listen: str = "127.0.0.1:5025"
+    psu_model: PsuDialectName = "generic"
+    psu_channels: int = Field(4, ge=1, le=8)
+    boot: Distribution = Distribution(dist="normal", mean=800, sd=60, min=300)
+    login: Distribution = Distribution(dist="fixed", ms=50)
+    clock_sync: Distribution = Distribution(dist="fixed", ms=20)
+    ready: Distribution = Distribution(dist="fixed", ms=10)
+    signon_timeout_ms: float = Field(5000, gt=0)
+    signon_retries: int = Field(3, ge=0)
+    backoff_ms: list[float] = Field(default_factory=lambda: [500.0, 1000.0, 2000.0])
+    truth_journal: str | None = Field(None, description="JSONL path; default results/<lab>-truth.jsonl")
+    min_voltage: float = Field(9.0, gt=0, description="below this a virtual terminal browns out")
+    idle_current_a: float = 0.35
+    boot_current_a: float = 0.9
+
+    _check_listen = field_validator("psu_listen")(lambda cls, v: _hostport(v))
+
+
+class LabConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    virtual: bool = Field(False, description="start the virtual lab (rig.sim) when nothing listens")
+    models: dict[str, TerminalModel]
+    instruments: dict[str, Instrument] = Field(default_factory=dict)
+    host: HostConfig = HostConfig()
+    terminals: dict[str, TerminalConfig]
+    safe_power: Literal["off", "on", "leave"] = Field("off", description="power state on exit")
+    sim: SimConfig = SimConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> LabConfig:
+        for name, t in self.terminals.items():
+            if t.model not in self.models:
+                raise _field_error(("terminals", name, "model"), f"unknown model {t.model!r}")
+            m = self.models[t.model]
+            p = t.power
+            backend = p.psu or p.relay
+            inst = self.instruments.get(backend or "")
+            want = "psu" if p.psu else "relay"
+            if inst is None or inst.kind != want:
+                raise _field_error(("terminals", name, "power", want), f"no {want} instrument {backend!r}")
+            if p.channel > inst.channels:
+                raise _field_error(("terminals", name, "power", "channel"),
+                                   f"{backend} has {inst.channels} channels, not {p.channel}")
+            if p.voltage is not None and p.voltage > m.voltage_max:
+                raise _field_error(("terminals", name, "power", "voltage"),
+                                   f"{p.voltage} V is above model {t.model!r} voltage_max {m.voltage_max} V")
+            if p.current_limit is not None and p.current_limit > m.current_max:
+                raise _field_error(("terminals", name, "power", "current_limit"),
+                                   f"{p.current_limit} A is above model {t.model!r} current_max {m.current_max} A")
+        return self
+
+    # --- convenience -------------------------------------------------------------------------
+    def model_of(self, terminal: str) -> TerminalModel:
+        return self.models[self.terminals[terminal].model]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The resolved config as plain data with secrets (TMKs, passwords) masked."""
+        data = self.model_dump(mode="json")
+        for t in data["terminals"].values():
+            t["tmk"] = "****"
+            t["operator"]["password"] = "****"
+        return data
+
+
+class _LocatedError(ValueError):
+    def __init__(self, loc: tuple[str, ...], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+
+
+def _field_error(loc: tuple[str, ...], msg: str) -> _LocatedError:
+    return _LocatedError(loc, msg)
+
+
+# --- YAML loading with line numbers ---------------------------------------------------------
+
+def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest node of ``loc`` that exists in the ruamel tree."""
+    line = None
+    for key in loc:
+        if isinstance(node, CommentedMap):
+            if key in node:
+                try:
+                    line = node.lc.key(key)[0] + 1
+                except (KeyError, TypeError):  # a key merged in from a YAML anchor (<<: *x)
+                    line = node.lc.line + 1
+                node = node[key]
+                continue
+            if getattr(node.lc, "line", None) is not None:
+                line = node.lc.line + 1
+            break
+        if isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
+            line = node.lc.item(key)[0] + 1
+            node = node[key]
+            continue
+        break
+    return line
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def load_lab(path: str | Path, overrides: dict[str, Any] | None = None) -> LabConfig:
+    """Load and validate a lab YAML file; errors name ``file:line: field: problem``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
+    yaml = YAML(typ="rt")
+    try:
+        tree = yaml.load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark
+        line = mark.line + 1 if mark else "?"
+        raise ConfigError(f"{path}:{line}: YAML syntax: {e.problem}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}:1: expected a mapping at the top level")
+    data = _plain(tree)
+    if overrides:
+        data = _merge(data, overrides)
+    return validate_lab(data, path=str(path), tree=tree)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate_lab(data: dict[str, Any], path: str = "<config>", tree: Any = None) -> LabConfig:
+    try:
+        return LabConfig.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            if len(loc) > 2 and loc[0] == "instruments" and loc[2] in ("psu", "relay"):
+                loc = loc[:2] + loc[3:]  # drop the discriminator tag pydantic inserts
+            msg = err["msg"]
+            ctx = err.get("ctx") or {}
+            inner = ctx.get("error")
+            if isinstance(inner, _LocatedError):
+                loc, msg = loc + inner.loc, str(inner)
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            line = _line_of(tree, loc) if tree is not None else None
+            field = ".".join(str(x) for x in loc) or "(top)"
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{path}:{line or '?'}: {field}: {msg}")
+        raise ConfigError("\n".join(problems)) from None

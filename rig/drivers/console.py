@@ -1,0 +1,106 @@
+"""Console log reader: one pyserial port per terminal, a reader thread, lines stamped on arrival.
+
+Works with device paths, ``socket://`` (the virtual lab, terminal servers) and ``rfc2217://``.
+Each line becomes one event whose kind the terminal profile decides; the stamp is taken right
+after the read that delivered the line's newline returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import serial
+
+from ..clock import now
+from ..events import Event, EventKind, Sink
+from ..redact import redact_text
+from .profiles import TerminalProfile
+
+log = logging.getLogger(__name__)
+
+
+class ConsoleReader:
+    def __init__(self, terminal: str, url: str, profile: TerminalProfile, sink: Sink,
+                 baudrate: int = 115200, reconnect_s: float = 0.5) -> None:
+        self.terminal = terminal
+        self.url = url
+        self.profile = profile
+        self.sink = sink
+        self.baudrate = baudrate
+        self.reconnect_s = reconnect_s
+        self.source = f"{terminal}.console"
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._port: serial.SerialBase | None = None
+        self._thread = threading.Thread(target=self._run, name=f"console-{terminal}", daemon=True)
+
+    def start(self, wait_s: float = 5.0) -> bool:
+        """Start reading; returns whether the port opened within ``wait_s``."""
+        self._thread.start()
+        return self._connected.wait(wait_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        port = self._port
+        if port is not None:
+            try:
+                port.close()
+            except Exception:  # closing a dead port
+                pass
+        self._thread.join(timeout=2)
+
+    def _open(self) -> serial.SerialBase:
+        return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.2)
+
+    def _run(self) -> None:
+        warned = False
+        while not self._stop.is_set():
+            try:
+                self._port = self._open()
+            except (serial.SerialException, OSError, ValueError) as e:
+                if not warned:
+                    self.sink.record(Event.now(EventKind.ERROR, self.source, self.terminal,
+                                               error=f"console {self.url}: cannot open: {e}"))
+                    warned = True
+                self._stop.wait(self.reconnect_s)
+                continue
+            warned = False
+            self._connected.set()
+            try:
+                self._read(self._port)
+            except (serial.SerialException, OSError) as e:
+                if not self._stop.is_set():
+                    self.sink.record(Event.now(EventKind.ERROR, self.source, self.terminal,
+                                               error=f"console {self.url}: connection lost: {e}"))
+            finally:
+                self._connected.clear()
+                try:
+                    self._port.close()
+                except Exception:
+                    pass
+            self._stop.wait(self.reconnect_s)
+
+    def _read(self, port: serial.SerialBase) -> None:
+        buf = b""
+        while not self._stop.is_set():
+            chunk = port.read(max(1, port.in_waiting))
+            if not chunk:
+                if getattr(port, "_socket", True) is None:  # socket:// closed by peer
+                    raise serial.SerialException("closed by peer")
+                continue
+            stamp = now()  # I/O boundary: the read that returned these bytes
+            buf += chunk
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace").strip()
+                if line:
+                    kind = self.profile.classify(line)
+                    self.sink.record(Event.at(stamp, kind, self.source, self.terminal,
+                                              line=redact_text(line)))
+            if len(buf) > 65536:  # a console that never sends a newline
+                buf = b""

@@ -1,0 +1,381 @@
+"""The notebook API (also used by the CLI and the soak runner): one ``Rig`` per session.
+
+A ``Rig`` opens one run in the lab's store, starts the acquirer host, opens the instruments and
+console/ECR ports of the lab config, and — on a virtual lab that is not running — starts the lab
+as a child process. Everything that changes the world registers its undo on one ExitStack
+(after OpenHTF), so ``close()``, Ctrl-C and SIGTERM leave the configured safe state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from .analysis.metrics import SignOn, signon_figures
+from .clock import Deadline, Stamp, WallToMono, now
+from .config import LabConfig, load_lab
+from .drivers.console import ConsoleReader
+from .drivers.ecr import EcrDriver
+from .drivers.profiles import get_profile
+from .drivers.psu import PsuDriver
+from .drivers.relay import RelayDriver
+from .errors import InfrastructureError, TerminalError, TestError
+from .events import Event, EventKind
+from .host.server import AcquirerHost
+from .labproc import LabProcess, listening
+from .recorder import Recorder
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/labs/virtual.yaml"
+
+
+@dataclass
+class _Track:
+    """What the rig knows of one terminal's current cycle."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    cycle_id: int | None = None
+    n: int = 0
+    events: list[Event] = field(default_factory=list)
+    done: bool = True
+
+
+def results_dir(results: str | Path | None = None) -> Path:
+    return Path(results or os.environ.get("RIG_RESULTS") or "results")
+
+
+class Rig:
+    """Synchronous, thread-safe control of one lab. Use :func:`open_rig`."""
+
+    def __init__(self, config: str | Path | LabConfig = DEFAULT_CONFIG, *, label: str | None = None,
+                 results: str | Path | None = None, start_lab: bool | None = None) -> None:
+        self.cfg = config if isinstance(config, LabConfig) else load_lab(config)
+        self.config_path = None if isinstance(config, LabConfig) else Path(config)
+        self.results = results_dir(results)
+        self.label = label
+        self._stack = contextlib.ExitStack()
+        self._stop = threading.Event()
+        self._tracks = {t: _Track() for t in self.cfg.terminals}
+        self.lab: LabProcess | None = None
+        self._closed = False
+        self._run_state = "running"
+        try:
+            self._open(start_lab)
+        except BaseException:
+            self._close("failed")
+            raise
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _open(self, start_lab: bool | None) -> None:
+        cfg = self.cfg
+        self.store = Store(self.results / f"{cfg.name}.db")
+        self._stack.callback(self.store.close)
+        self.store.recover()
+        w2m = WallToMono()
+        self.run_id = self.store.begin_run(
+            lab=cfg.name, label=self.label, config=cfg.snapshot(),
+            clock={"host": os.uname().nodename, "wall_minus_mono_ns": w2m.offset_ns(),
+                   "sources": {"host": "kernel SO_TIMESTAMPNS (rx), thread (tx)",
+                               "console": "thread", "psu": "thread", "ecr": "thread"}},
+        )
+        self._stack.callback(lambda: self.store.end_run(self.run_id, self._run_state))
+        self.recorder = Recorder(self.store, self.run_id)
+        self._stack.callback(self.recorder.close)
+        self.recorder.add_listener(self._on_event)
+
+        if cfg.virtual and start_lab is not False and not listening(cfg.sim.psu_listen):
+            self.lab = LabProcess(self._config_file(), journal=self.journal_path,
+                                  log_path=self.results / f"{cfg.name}-lab.log")
+            self.lab.start()
+            self._stack.callback(self.lab.stop)
+
+        self.host = AcquirerHost(cfg, self.recorder)
+        self.host.start()
+        self._stack.callback(self.host.stop)
+
+        self.psus: dict[str, PsuDriver] = {}
+        self.relays: dict[str, RelayDriver] = {}
+        for name, inst in cfg.instruments.items():
+            if inst.kind == "psu":
+                limits = {}
+                for t in cfg.terminals.values():
+                    if t.power.psu == name:
+                        m = cfg.models[t.model]
+                        limits[t.power.channel] = (m.voltage_max, m.current_max)
+                drv = PsuDriver(name, inst, self.recorder, limits=limits)
+                drv.open()
+                self._stack.callback(drv.close)
+                self.psus[name] = drv
+            else:
+                rdrv = RelayDriver(name, inst, self.recorder)
+                rdrv.open()
+                self._stack.callback(rdrv.close)
+                self.relays[name] = rdrv
+
+        self.consoles: dict[str, ConsoleReader] = {}
+        self.ecrs: dict[str, EcrDriver] = {}
+        for tname, t in cfg.terminals.items():
+            if t.console:
+                reader = ConsoleReader(tname, t.console, get_profile(cfg.models[t.model].profile),
+                                       self.recorder)
+                if not reader.start(wait_s=5.0):
+                    log.warning("%s: console %s not open yet; still trying", tname, t.console)
+                self._stack.callback(reader.stop)
+                self.consoles[tname] = reader
+            if t.ecr:
+                ecr = EcrDriver(tname, t.ecr, self.recorder)
+                self._stack.callback(ecr.close)
+                self.ecrs[tname] = ecr
+        self._stack.callback(self._safe_state)  # unwinds first
+
+    @property
+    def journal_path(self) -> Path:
+        """The virtual lab's truth journal (when this rig started the lab)."""
+        return self.results / f"{self.cfg.name}-truth.jsonl"
+
+    def _config_file(self) -> Path:
+        if self.config_path is not None:
+            return self.config_path
+        self.results.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.cfg.name}-", suffix=".yaml", dir=self.results)
+        with os.fdopen(fd, "w") as f:
+            YAML(typ="safe").dump(self.cfg.model_dump(mode="json"), f)
+        self._stack.callback(os.unlink, name)
+        return Path(name)
+
+    # --- events -------------------------------------------------------------------------------
+    def _on_event(self, ev: Event) -> None:
+        track = self._tracks.get(ev.terminal or "")
+        if track is None:
+            return
+        with track.cond:
+            if not track.done:
+                track.events.append(ev)
+            track.cond.notify_all()
+
+    def _check(self, terminal: str) -> _Track:
+        if self._closed:
+            raise TestError("this rig is closed; open a new one with open_rig()")
+        try:
+            return self._tracks[terminal]
+        except KeyError:
+            raise TestError(f"unknown terminal {terminal!r}; this lab has "
+                            f"{', '.join(self.cfg.terminals)}") from None
+
+    @property
+    def terminals(self) -> list[str]:
+        return list(self.cfg.terminals)
+
+    # --- power --------------------------------------------------------------------------------
+    def _switch(self, terminal: str, on: bool) -> Stamp:
+        p = self.cfg.terminals[terminal].power
+        if p.psu:
+            psu = self.psus[p.psu]
+            if on:
+                assert p.voltage is not None and p.current_limit is not None
+                psu.set_voltage(p.channel, p.voltage)
+                psu.set_current(p.channel, p.current_limit)
+            stamp = psu.output(p.channel, on)
+            src = p.psu
+        else:
+            assert p.relay
+            stamp = self.relays[p.relay].set(p.channel, on)
+            src = p.relay
+        kind = EventKind.POWER_ON if on else EventKind.POWER_OFF
+        self.recorder.record(Event.at(stamp, kind, src, terminal, channel=p.channel,
+                                      volts=p.voltage if on else 0.0))
+        return stamp
+
+    def power_on(self, terminal: str) -> int:
+        """Switch the terminal's power on; starts a new cycle and returns its id."""
+        track = self._check(terminal)
+        self._finish(terminal, state="completed")
+        with track.cond:
+            track.n += 1
+            st = now()
+            track.cycle_id = self.store.start_cycle(self.run_id, terminal, track.n, "signon",
+                                                    st.mono_ns, st.wall_ns)
+            track.events = []
+            track.done = False
+        self.recorder.set_cycle(terminal, track.cycle_id)
+        try:
+            self._switch(terminal, True)
+        except BaseException as e:
+            self._finish(terminal, state="aborted", error=str(e))
+            raise
+        return track.cycle_id
+
+    def power_off(self, terminal: str) -> None:
+        """Switch the terminal's power off (the open cycle, if any, ends)."""
+        self._check(terminal)
+        self._finish(terminal, state="completed")
+        self._switch(terminal, False)
+
+    def power_cycle(self, terminal: str, off_s: float | None = None) -> int:
+        """Off, wait ``off_s`` (config default), on. Returns the new cycle's id."""
+        self.power_off(terminal)
+        if self._stop.wait(self.cfg.terminals[terminal].power.off_s if off_s is None else off_s):
+            raise KeyboardInterrupt
+        return self.power_on(terminal)
+
+    # --- sign-on ------------------------------------------------------------------------------
+    def wait_signon(self, terminal: str, timeout_s: float = 60.0) -> SignOn:
+        """Wait until the terminal is READY (or gave up, or ``timeout_s`` passed) and return the
+        cycle's figures. Logs the operator in over ECR where the terminal needs it."""
+        track = self._check(terminal)
+        tcfg = self.cfg.terminals[terminal]
+        if track.done or track.cycle_id is None:
+            raise TestError(f"{terminal}: no open cycle; call power_on/power_cycle first")
+        deadline = Deadline(timeout_s)
+        logged_in = tcfg.auto_login
+        error = None
+        while True:
+            with track.cond:
+                kinds = {e.kind for e in track.events}
+                giveup = any(e.kind == EventKind.SIGNON_FAIL and "giveup" in str(e.data.get("line"))
+                             for e in track.events)
+                if EventKind.READY in kinds or giveup:
+                    break
+                if deadline.expired:
+                    error = f"no READY within {timeout_s:.1f} s"
+                    break
+                if not logged_in and EventKind.BOOT_DONE in kinds:
+                    pass
+                else:
+                    track.cond.wait(min(0.1, deadline.remaining()))
+            if self._stop.is_set():
+                raise KeyboardInterrupt
+            if not logged_in and EventKind.BOOT_DONE in kinds:
+                self._login(terminal)
+                logged_in = True
+        if error is None:  # the host records its response a moment after the terminal got it
+            self._await(track, EventKind.SIGNON_RSP, 1.0)
+        return self._finish(terminal, state="completed", error=error)
+
+    def _login(self, terminal: str) -> None:
+        ecr = self.ecrs.get(terminal)
+        if ecr is None:
+            raise TerminalError(f"{terminal}: needs an operator login but has no ECR port configured")
+        op = self.cfg.terminals[terminal].operator
+        ecr.command(f"LOGIN {op.id} {op.password}", secret=op.password)
+
+    def _await(self, track: _Track, kind: EventKind, timeout_s: float) -> None:
+        deadline = Deadline(timeout_s)
+        with track.cond:
+            while not any(e.kind == kind for e in track.events) and not deadline.expired:
+                track.cond.wait(deadline.remaining())
+
+    def _finish(self, terminal: str, state: str, error: str | None = None) -> SignOn:
+        """End the terminal's open cycle (if any): commit its events, then mark it."""
+        track = self._tracks[terminal]
+        with track.cond:
+            if track.done:
+                return SignOn(terminal, track.cycle_id, False, error="no open cycle")
+            track.done = True
+            events = list(track.events)
+            cycle = track.cycle_id
+        tcfg = self.cfg.terminals[terminal]
+        result = signon_figures(terminal, cycle, events, has_console=tcfg.console is not None,
+                                error=error)
+        self.recorder.flush()
+        assert cycle is not None
+        self.store.end_cycle(cycle, state, {**result.as_dict(), "n": track.n})
+        return result
+
+    def signon_series(self, terminals: str | Iterable[str] = "all", n: int = 10,
+                      off_s: float | None = None, timeout_s: float = 60.0,
+                      progress: bool = True) -> Any:
+        """Power-cycle each terminal ``n`` times (terminals in parallel) and wait for sign-on
+        each time. Returns a pandas DataFrame, one row per cycle."""
+        from .series import run_series
+
+        names = self.terminals if terminals == "all" else (
+            [terminals] if isinstance(terminals, str) else list(terminals))
+        for t in names:
+            self._check(t)
+        self._stop.clear()  # re-arm after an interrupted series (a notebook's Ctrl-C)
+        return run_series(self, names, n, off_s=off_s, timeout_s=timeout_s, progress=progress)
+
+    # --- status -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Instruments (identity or error) and terminals (output, console, last line)."""
+        out: dict[str, Any] = {"lab": self.cfg.name, "run_id": self.run_id,
+                               "store": str(self.store.path), "instruments": {}, "terminals": {}}
+        for name, psu in self.psus.items():
+            try:
+                out["instruments"][name] = {"ok": True, "idn": psu.idn()}
+            except InfrastructureError as e:
+                out["instruments"][name] = {"ok": False, "error": str(e)}
+        for tname, t in self.cfg.terminals.items():
+            info: dict[str, Any] = {"console": self.consoles[tname].connected
+                                    if tname in self.consoles else None}
+            if t.power.psu and t.power.psu in self.psus:
+                try:
+                    info["output"] = self.psus[t.power.psu].output_state(t.power.channel)
+                except InfrastructureError as e:
+                    info["output"] = f"error: {e}"
+            if tname in self.ecrs:
+                try:
+                    info["state"] = self.ecrs[tname].command("STATUS")
+                except Exception as e:  # status must not raise
+                    info["state"] = f"error: {e}"
+            out["terminals"][tname] = info
+        return out
+
+    # --- teardown -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask running series to stop at the next safe point (thread-safe)."""
+        self._stop.set()
+
+    def _safe_state(self) -> None:
+        for t in self.cfg.terminals:
+            if self._tracks[t].done is False:
+                self._finish(t, state="aborted", error="interrupted")
+        if self.cfg.safe_power == "leave":
+            return
+        on = self.cfg.safe_power == "on"
+        for t in self.cfg.terminals:
+            try:
+                self._switch(t, on)
+            except Exception as e:  # keep going: every other terminal still gets its safe state
+                log.error("%s: could not reach safe power state %s: %s", t, self.cfg.safe_power, e)
+
+    def _close(self, state: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._run_state = state
+        self._stop.set()
+        self._stack.close()
+
+    def close(self, state: str = "completed") -> None:
+        """Leave the safe state, stop everything, mark the run. Idempotent."""
+        self._close(state)
+
+    def __enter__(self) -> Rig:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, *_: object) -> None:
+        self.close("completed" if et is None else
+                   "interrupted" if issubclass(et, KeyboardInterrupt) else "failed")
+
+    def __repr__(self) -> str:
+        return f"<Rig lab={self.cfg.name!r} run={getattr(self, 'run_id', None)} terminals={self.terminals}>"
+
+
+def open_rig(config: str | Path | LabConfig | None = None, *, label: str | None = None,
+             results: str | Path | None = None, start_lab: bool | None = None) -> Rig:
+    """Open a lab: ``open_rig("configs/labs/virtual.yaml")``. Starts the virtual lab if needed."""
+    config = config or os.environ.get("RIG_CONFIG") or DEFAULT_CONFIG
+    return Rig(config, label=label, results=results, start_lab=start_lab)

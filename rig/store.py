@@ -1,0 +1,228 @@
+"""The results store: one SQLite file per lab (WAL, ``synchronous=FULL``), append-only events.
+
+All SQL of the project lives here, behind a small interface, so results can later be shipped to
+a central database: every event row has a contiguous per-store ``seq`` and every store a random
+``epoch`` made at creation; rows are keyed ``(host, epoch, seq)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .clock import now
+from .errors import InfrastructureError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    label TEXT, lab TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    state TEXT NOT NULL,                       -- running, completed, interrupted, failed, crashed
+    started_wall_ns INTEGER NOT NULL, started_mono_ns INTEGER NOT NULL,
+    ended_wall_ns INTEGER, ended_mono_ns INTEGER,
+    config_json TEXT NOT NULL,                 -- resolved lab config, secrets masked
+    clock_json TEXT NOT NULL                   -- host, clock sources, wall-mono offset
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    terminal TEXT NOT NULL, n INTEGER NOT NULL, kind TEXT NOT NULL,
+    state TEXT NOT NULL,                       -- started, completed, aborted
+    start_mono_ns INTEGER NOT NULL, start_wall_ns INTEGER NOT NULL,
+    end_mono_ns INTEGER, end_wall_ns INTEGER,
+    result_json TEXT                           -- derived figures and outcome
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,                   -- contiguous per store
+    run_id INTEGER NOT NULL, cycle_id INTEGER,
+    mono_ns INTEGER NOT NULL, wall_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL, source TEXT NOT NULL, terminal TEXT, clock TEXT NOT NULL,
+    data_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_cycle ON events(cycle_id);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, mono_ns);
+CREATE INDEX IF NOT EXISTS cycles_run ON cycles(run_id, terminal, n);
+"""
+
+EventRow = tuple[int, int | None, int, int, str, str, str | None, str, str]
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str, sort_keys=True)
+
+
+class Store:
+    """Thread-safe access to one results file. Writers share one connection under a lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise InfrastructureError(f"store {self.path}: cannot open: {e}") from e
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            have = dict(self._db.execute("SELECT key, value FROM meta"))
+            if "epoch" not in have:
+                self._db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("epoch", uuid.uuid4().hex), ("schema_version", str(SCHEMA_VERSION)),
+                     ("created_wall_ns", str(now().wall_ns)), ("host", socket.gethostname())],
+                )
+            self._db.execute("COMMIT")
+        self._in_tx = False
+
+    # --- identity -----------------------------------------------------------------------------
+    @property
+    def epoch(self) -> str:
+        return self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
+
+    # --- writing ------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        with self._lock:
+            if self._in_tx:
+                self._db.execute("COMMIT")
+                self._in_tx = False
+
+    def recover(self) -> list[int]:
+        """Mark runs left 'running' by a dead process on this host as crashed, and their open
+        cycles as aborted. Returns the ids of the runs marked."""
+        host = socket.gethostname()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, pid FROM runs WHERE state='running' AND host=?", (host,)
+            ).fetchall()
+            dead = [rid for rid, pid in rows if not _pid_alive(pid)]
+            if dead:
+                self._begin()
+                for rid in dead:
+                    self._db.execute("UPDATE runs SET state='crashed' WHERE id=?", (rid,))
+                    self._db.execute(
+                        "UPDATE cycles SET state='aborted', result_json=? "
+                        "WHERE run_id=? AND state='started'",
+                        (_json({"ok": False, "error": "rig process died during the cycle"}), rid),
+                    )
+                self.commit()
+            return dead
+
+    def begin_run(self, *, lab: str, label: str | None, config: Mapping[str, Any],
+                  clock: Mapping[str, Any]) -> int:
+        st = now()
+        with self._lock:
+            self._begin()
+            cur = self._db.execute(
+                "INSERT INTO runs (label, lab, host, pid, state, started_wall_ns, started_mono_ns,"
+                " config_json, clock_json) VALUES (?,?,?,?,?,?,?,?,?)",
+                (label, lab, socket.gethostname(), os.getpid(), "running", st.wall_ns, st.mono_ns,
+                 _json(config), _json(clock)),
+            )
+            self.commit()
+            return int(cur.lastrowid)
+
+    def end_run(self, run_id: int, state: str) -> None:
+        st = now()
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                "UPDATE runs SET state=?, ended_wall_ns=?, ended_mono_ns=? WHERE id=?",
+                (state, st.wall_ns, st.mono_ns, run_id),
+            )
+            self._db.execute(
+                "UPDATE cycles SET state='aborted' WHERE run_id=? AND state='started'", (run_id,)
+            )
+            self.commit()
+
+    def start_cycle(self, run_id: int, terminal: str, n: int, kind: str,
+                    mono_ns: int, wall_ns: int) -> int:
+        with self._lock:
+            self._begin()
+            cur = self._db.execute(
+                "INSERT INTO cycles (run_id, terminal, n, kind, state, start_mono_ns, start_wall_ns)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (run_id, terminal, n, kind, "started", mono_ns, wall_ns),
+            )
+            self.commit()
+            return int(cur.lastrowid)
+
+    def end_cycle(self, cycle_id: int, state: str, result: Mapping[str, Any]) -> None:
+        st = now()
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                "UPDATE cycles SET state=?, end_mono_ns=?, end_wall_ns=?, result_json=? "
+                "WHERE id=? AND state='started'",
+                (state, st.mono_ns, st.wall_ns, _json(result), cycle_id),
+            )
+            self.commit()
+
+    def append_events(self, rows: Iterable[EventRow]) -> None:
+        """Append event rows (run_id, cycle_id, mono_ns, wall_ns, kind, source, terminal,
+        clock, data_json) inside the current transaction; call :meth:`commit` to make them
+        durable."""
+        with self._lock:
+            self._begin()
+            self._db.executemany(
+                "INSERT INTO events (run_id, cycle_id, mono_ns, wall_ns, kind, source, terminal,"
+                " clock, data_json) VALUES (?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self.commit()
+            self._db.close()
+
+    # --- reading ------------------------------------------------------------------------------
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            self._db.row_factory = sqlite3.Row
+            try:
+                return self._db.execute(sql, params).fetchall()
+            finally:
+                self._db.row_factory = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection for notebooks, safe while a soak writes (WAL)."""
+    p = Path(path)
+    if not p.exists():
+        raise InfrastructureError(f"store {p}: no such file")
+    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
+def event_row(run_id: int, cycle_id: int | None, ev: Any) -> EventRow:
+    return (run_id, cycle_id, ev.mono_ns, ev.wall_ns, str(ev.kind), ev.source, ev.terminal,
+            str(ev.clock), _json(dict(ev.data)))
