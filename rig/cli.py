@@ -213,23 +213,23 @@ def _render(per: list[dict[str, Any]], run_id: int, store: Path) -> None:
 
 
 def main() -> None:
-    import click
-
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        rc = app(standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("[yellow]interrupted: outputs left in the safe state, interrupted cycle marked aborted")
-        sys.exit(130)
+        rc = app(standalone_mode=False)  # typer turns Ctrl-C into exit code 130
+    except (KeyboardInterrupt, typer.Abort):
+        rc = 130
     except ConfigError as e:
         err.print(f"[red]config error:[/red] {e}", highlight=False)
         sys.exit(2)
     except RigError as e:
         err.print(f"[red]{type(e).__name__}:[/red] {e}", highlight=False)
         sys.exit(1)
-    except click.exceptions.ClickException as e:  # usage errors
-        e.show()
+    except typer.TyperException as e:  # usage errors
+        err.print(f"[red]usage:[/red] {e.format_message()}  (try --help)", highlight=False)
         sys.exit(e.exit_code)
+    if rc == 130:
+        err.print("[yellow]interrupted: outputs left in the safe state, "
+                  "the interrupted cycle marked aborted")
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -197,9 +197,8 @@ class Rig:
                                       volts=p.voltage if on else 0.0))
         return stamp
 
-    def power_on(self, terminal: str) -> int:
-        """Switch the terminal's power on; starts a new cycle and returns its id."""
-        track = self._check(terminal)
+    def _begin_cycle(self, terminal: str) -> int:
+        track = self._tracks[terminal]
         self._finish(terminal, state="completed")
         with track.cond:
             track.n += 1
@@ -209,12 +208,22 @@ class Rig:
             track.events = []
             track.done = False
         self.recorder.set_cycle(terminal, track.cycle_id)
+        return track.cycle_id
+
+    def power_on(self, terminal: str) -> int:
+        """Switch the terminal's power on. Starts a new cycle unless ``power_cycle`` already
+        did; returns the cycle's id."""
+        track = self._check(terminal)
+        with track.cond:
+            fresh = not track.done and not any(e.kind == EventKind.POWER_ON for e in track.events)
+        cycle = track.cycle_id if fresh else self._begin_cycle(terminal)
+        assert cycle is not None
         try:
             self._switch(terminal, True)
         except BaseException as e:
             self._finish(terminal, state="aborted", error=str(e))
             raise
-        return track.cycle_id
+        return cycle
 
     def power_off(self, terminal: str) -> None:
         """Switch the terminal's power off (the open cycle, if any, ends)."""
@@ -223,10 +232,17 @@ class Rig:
         self._switch(terminal, False)
 
     def power_cycle(self, terminal: str, off_s: float | None = None) -> int:
-        """Off, wait ``off_s`` (config default), on. Returns the new cycle's id."""
-        self.power_off(terminal)
-        if self._stop.wait(self.cfg.terminals[terminal].power.off_s if off_s is None else off_s):
-            raise KeyboardInterrupt
+        """Off, wait ``off_s`` (config default), on: one cycle, from the off edge. Returns the
+        cycle's id; figures count from the on edge."""
+        self._check(terminal)
+        self._begin_cycle(terminal)
+        try:
+            self._switch(terminal, False)
+            if self._stop.wait(self.cfg.terminals[terminal].power.off_s if off_s is None else off_s):
+                raise KeyboardInterrupt
+        except BaseException as e:
+            self._finish(terminal, state="aborted", error=str(e) or type(e).__name__)
+            raise
         return self.power_on(terminal)
 
     # --- sign-on ------------------------------------------------------------------------------
@@ -234,11 +250,18 @@ class Rig:
         """Wait until the terminal is READY (or gave up, or ``timeout_s`` passed) and return the
         cycle's figures. Logs the operator in over ECR where the terminal needs it."""
         track = self._check(terminal)
-        tcfg = self.cfg.terminals[terminal]
         if track.done or track.cycle_id is None:
             raise TestError(f"{terminal}: no open cycle; call power_on/power_cycle first")
+        try:
+            error = self._wait_ready(terminal, track, timeout_s)
+        except BaseException as e:
+            self._finish(terminal, state="aborted", error=str(e) or type(e).__name__)
+            raise
+        return self._finish(terminal, state="completed", error=error)
+
+    def _wait_ready(self, terminal: str, track: _Track, timeout_s: float) -> str | None:
         deadline = Deadline(timeout_s)
-        logged_in = tcfg.auto_login
+        logged_in = self.cfg.terminals[terminal].auto_login
         error = None
         while True:
             with track.cond:
@@ -250,18 +273,17 @@ class Rig:
                 if deadline.expired:
                     error = f"no READY within {timeout_s:.1f} s"
                     break
-                if not logged_in and EventKind.BOOT_DONE in kinds:
-                    pass
-                else:
+                need_login = not logged_in and EventKind.BOOT_DONE in kinds
+                if not need_login:
                     track.cond.wait(min(0.1, deadline.remaining()))
             if self._stop.is_set():
                 raise KeyboardInterrupt
-            if not logged_in and EventKind.BOOT_DONE in kinds:
+            if need_login:
                 self._login(terminal)
                 logged_in = True
         if error is None:  # the host records its response a moment after the terminal got it
             self._await(track, EventKind.SIGNON_RSP, 1.0)
-        return self._finish(terminal, state="completed", error=error)
+        return error
 
     def _login(self, terminal: str) -> None:
         ecr = self.ecrs.get(terminal)

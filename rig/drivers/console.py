@@ -8,12 +8,16 @@ after the read that delivered the line's newline returned.
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import threading
+from collections.abc import Iterator
 
 import serial
 
-from ..clock import now
+from ..clock import ClockSource, Stamp, WallToMono, now
 from ..events import Event, EventKind, Sink
+from ..netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
 from ..redact import redact_text
 from .profiles import TerminalProfile
 
@@ -33,6 +37,7 @@ class ConsoleReader:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._port: serial.SerialBase | None = None
+        self._w2m = WallToMono()
         self._thread = threading.Thread(target=self._run, name=f"console-{terminal}", daemon=True)
 
     def start(self, wait_s: float = 5.0) -> bool:
@@ -73,7 +78,8 @@ class ConsoleReader:
             self._connected.set()
             try:
                 self._read(self._port)
-            except (serial.SerialException, OSError) as e:
+            except (serial.SerialException, OSError, AttributeError, TypeError, ValueError) as e:
+                # AttributeError/TypeError: pyserial's port was closed under us by stop()
                 if not self._stop.is_set():
                     self.sink.record(Event.now(EventKind.ERROR, self.source, self.terminal,
                                                error=f"console {self.url}: connection lost: {e}"))
@@ -85,15 +91,34 @@ class ConsoleReader:
                     pass
             self._stop.wait(self.reconnect_s)
 
+    def _chunks(self, port: serial.SerialBase) -> Iterator[tuple[bytes, Stamp, ClockSource]]:
+        """Yield (bytes, stamp, clock) as they arrive; b"" on an idle poll."""
+        sock = getattr(port, "_socket", None)
+        if isinstance(sock, socket.socket) and enable_rx_timestamps(sock):
+            # pyserial's socket:// handler holds a TCP socket the rig owns: read it with
+            # recvmsg so each chunk carries the kernel's receive time (DESIGN §4), not the
+            # time this thread got the GIL back.
+            while not self._stop.is_set():
+                if not select.select([sock], [], [], 0.2)[0]:
+                    yield b"", now(), ClockSource.THREAD
+                    continue
+                data, anc, flags, _ = sock.recvmsg(65536, ANC_SPACE)
+                if not data:
+                    raise serial.SerialException("connection closed by peer")
+                wall = None if flags & socket.MSG_CTRUNC else kernel_wall_ns(anc)
+                if wall is None:
+                    yield data, now(), ClockSource.THREAD
+                else:
+                    yield data, Stamp(self._w2m.to_mono(wall), wall), ClockSource.KERNEL
+        while not self._stop.is_set():  # a real serial line: stamp when read() returned
+            chunk = port.read(max(1, port.in_waiting))
+            yield chunk, now(), ClockSource.THREAD
+
     def _read(self, port: serial.SerialBase) -> None:
         buf = b""
-        while not self._stop.is_set():
-            chunk = port.read(max(1, port.in_waiting))
+        for chunk, stamp, clock in self._chunks(port):
             if not chunk:
-                if getattr(port, "_socket", True) is None:  # socket:// closed by peer
-                    raise serial.SerialException("closed by peer")
                 continue
-            stamp = now()  # I/O boundary: the read that returned these bytes
             buf += chunk
             while b"\n" in buf:
                 raw, buf = buf.split(b"\n", 1)
@@ -101,6 +126,6 @@ class ConsoleReader:
                 if line:
                     kind = self.profile.classify(line)
                     self.sink.record(Event.at(stamp, kind, self.source, self.terminal,
-                                              line=redact_text(line)))
+                                              clock=clock, line=redact_text(line)))
             if len(buf) > 65536:  # a console that never sends a newline
                 buf = b""

@@ -1,0 +1,327 @@
+"""SCPI power-supply driver over pyvisa (pyvisa-py backend, ``TCPIP0::host::port::SOCKET``).
+
+The family's syntax comes from a :class:`~rig.drivers.psu_dialects.PsuDialect`. All I/O happens
+in :meth:`PsuDriver._exchange`: write, read the reply of a query, stamp right after the call
+returned, record a ``PSU_IO`` event; on a timeout or a dropped socket it reconnects once and
+replays the whole exchange (SCPI settings are idempotent), then raises :class:`InstrumentError`.
+A setting is one exchange: the command, its acknowledgement (``*OPC?``, or a read-back for
+dialects without one) and ``SYST:ERR?``. Safety limits are checked before any byte leaves.
+Power on/off events are the caller's (the Rig records them with the stamp ``output`` returns).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
+
+import pyvisa
+from pyvisa import constants
+from pyvisa.errors import Error as VisaError
+from pyvisa.errors import VisaIOError
+
+from ..clock import Stamp, now
+from ..config import PsuConfig
+from ..errors import InstrumentError, LimitError, TestError
+from ..events import Event, EventKind, Sink
+from .psu_dialects import DIALECTS, PsuDialect
+
+log = logging.getLogger(__name__)
+
+_MAX_DRAIN = 32
+_rm: pyvisa.ResourceManager | None = None
+_rm_lock = threading.Lock()
+
+
+def _resource_manager() -> pyvisa.ResourceManager:
+    """The process's pyvisa-py resource manager, shared by every driver and never closed here
+    (closing one closes every resource opened through any of them)."""
+    global _rm
+    with _rm_lock:
+        if _rm is None:
+            _rm = pyvisa.ResourceManager("@py")
+        return _rm
+
+
+class VisaResource(Protocol):
+    """The part of a pyvisa message-based resource the driver uses."""
+
+    def write(self, message: str) -> Any: ...
+    def read(self) -> str: ...
+    def close(self) -> Any: ...
+
+
+Limits = dict[int, tuple[float, float]]
+
+
+class PsuDriver:
+    """One SCPI power supply; thread-safe (one lock around each exchange).
+
+    ``limits`` is ``{channel: (voltage_max, current_max)}``; when given, settings above a
+    channel's limit, or on a channel without one, raise :class:`LimitError` and send nothing.
+    ``opener`` replaces the pyvisa connection (tests inject a scripted resource);
+    ``dialect`` overrides the one named by ``cfg.dialect``.
+    """
+
+    def __init__(self, name: str, cfg: PsuConfig, sink: Sink, limits: Limits | None = None, *,
+                 opener: Callable[[], VisaResource] | None = None,
+                 dialect: PsuDialect | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.dialect = dialect or DIALECTS[cfg.dialect]
+        self.limits: Limits | None = dict(limits) if limits is not None else None
+        self.identity: str | None = None
+        self._sink = sink
+        self._opener = opener or self._open_resource
+        self._lock = threading.RLock()
+        self._res: VisaResource | None = None
+
+    @property
+    def who(self) -> str:
+        return f"{self.name} ({self.cfg.resource})"
+
+    @property
+    def _hint(self) -> str:
+        if self.cfg.resource.upper().startswith("TCPIP"):
+            return "is the instrument on and the LAN port right?"
+        return "is the instrument on and the resource name right?"
+
+    # --- connection --------------------------------------------------------------------------
+    def open(self) -> PsuDriver:
+        """Connect, read ``*IDN?`` (proves the instrument answers) and drain stale errors."""
+        with self._lock:
+            if self._res is None:
+                self._connect()
+            self.identity = self.idn()
+            if "," not in self.identity:
+                self._drop()
+                raise InstrumentError(f"{self.who}: '*IDN?' answered {self.identity!r}, not an "
+                                      f"instrument identity; {self._hint}")
+            stale = self._drain_errors()
+            if stale:
+                log.warning("%s: cleared stale errors %s", self.who, stale)
+            log.info("%s: %s", self.who, self.identity)
+        return self
+
+    def close(self) -> None:
+        """Close the connection (the next call would reconnect)."""
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> PsuDriver:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open_resource(self) -> VisaResource:
+        ms = int(self.cfg.timeout_s * 1000)
+        res: Any = _resource_manager().open_resource(
+            self.cfg.resource, read_termination="\n", write_termination="\n", timeout=ms,
+            open_timeout=ms)
+        _disable_nagle(res)
+        return cast(VisaResource, res)
+
+    def _connect(self) -> None:
+        try:
+            self._res = self._opener()
+        except Exception as e:  # pyvisa-py raises bare Exceptions on connect failures
+            raise InstrumentError(f"{self.who}: cannot open: {e}; {self._hint}") from e
+
+    def _drop(self) -> None:
+        res, self._res = self._res, None
+        if res is not None:
+            try:
+                res.close()
+            except Exception as e:
+                log.debug("%s: closing: %s", self.who, e)
+
+    # --- the one place that does I/O -------------------------------------------------------
+    def _exchange(self, lines: Sequence[str]) -> list[tuple[str | None, Stamp]]:
+        """Send each line, reading a reply for queries; ``(reply, stamp)`` per line.
+
+        The stamp is taken right after the write (commands) or the read (queries) returned.
+        On a timeout or a dropped connection: reconnect once and replay all ``lines``.
+        """
+        with self._lock:
+            for attempt in (1, 2):
+                if self._res is None:
+                    self._connect()
+                res = self._res
+                assert res is not None
+                out: list[tuple[str | None, Stamp]] = []
+                line = lines[0]
+                try:
+                    for line in lines:
+                        res.write(line)
+                        reply = res.read() if _is_query(line) else None
+                        stamp = now()
+                        self._sink.record(Event.at(stamp, EventKind.PSU_IO, self.name,
+                                                   cmd=line, reply=reply))
+                        log.debug("%s: %r -> %r", self.name, line, reply)
+                        out.append((reply, stamp))
+                    return out
+                except (VisaError, OSError, UnicodeDecodeError) as e:
+                    problem = self._describe(e, line)
+                    self._sink.record(Event.now(EventKind.PSU_IO, self.name, cmd=line,
+                                                reply=None, error=problem))
+                    self._drop()
+                    if attempt == 2:
+                        raise InstrumentError(f"{self.who}: {problem} (also after reconnecting); "
+                                              f"{self._hint}") from e
+                    log.warning("%s: %s; reconnecting and retrying", self.who, problem)
+            raise AssertionError("unreachable")
+
+    def _describe(self, e: Exception, line: str) -> str:
+        if isinstance(e, VisaIOError) and e.error_code == constants.StatusCode.error_timeout:
+            return f"no reply to {line!r} within {self.cfg.timeout_s} s"
+        if isinstance(e, ConnectionRefusedError):
+            return f"connection refused while sending {line!r}"
+        if isinstance(e, UnicodeDecodeError):
+            return f"garbled reply to {line!r}"
+        return f"connection lost during {line!r} ({e})"
+
+    # --- building blocks ---------------------------------------------------------------------
+    def _query(self, line: str) -> str:
+        ((reply, _),) = self._exchange([line])
+        assert reply is not None
+        return reply
+
+    def _setting(self, line: str, readback: str, accept: Callable[[str], bool]) -> Stamp:
+        """Send a setting, acknowledge it, check the error queue; stamp of the acknowledgement."""
+        d = self.dialect
+        confirm = d.ack or readback
+        with self._lock:
+            _, (ack, stamp), (err, _) = self._exchange([line, confirm, d.error_query])
+            assert ack is not None and err is not None
+            self._raise_on_error(line, err)
+            try:
+                ok = ack.strip() in ("1", "+1") if d.ack else accept(ack)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InstrumentError(f"{self.who}: {line!r} not confirmed: {confirm!r} answered "
+                                      f"{ack!r}; check the dialect ({d.name}) fits the instrument")
+        return stamp
+
+    def _raise_on_error(self, line: str, reply: str) -> None:
+        code, message = self._parse_error(reply)
+        if code == 0:
+            return
+        errors = [f'{code},"{message}"', *self._drain_errors()]
+        raise InstrumentError(f"{self.who}: {line!r} failed, the instrument reports "
+                              f"{'; '.join(errors)}; check the dialect ({self.dialect.name}) "
+                              f"and the value")
+
+    def _parse_error(self, reply: str) -> tuple[int, str]:
+        try:
+            return self.dialect.parse_error(reply)
+        except ValueError as e:
+            raise InstrumentError(f"{self.who}: {self.dialect.error_query!r} answered "
+                                  f"{reply!r}, not a SCPI error") from e
+
+    def _drain_errors(self) -> list[str]:
+        """Read the error queue until it says no error; the errors found."""
+        found: list[str] = []
+        for _ in range(_MAX_DRAIN):
+            code, message = self._parse_error(self._query(self.dialect.error_query))
+            if code == 0:
+                break
+            found.append(f'{code},"{message}"')
+        return found
+
+    def _channel(self, ch: int) -> int:
+        if isinstance(ch, bool) or not isinstance(ch, int) or not 1 <= ch <= self.cfg.channels:
+            raise TestError(f"{self.name}: no channel {ch!r} (it has 1..{self.cfg.channels})")
+        return ch
+
+    def _check_limit(self, ch: int, value: float, what: str, unit: str) -> None:
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise LimitError(f"{self.name} channel {ch}: {value!r} {unit} is not a valid "
+                             f"{what}; nothing was sent")
+        if self.limits is None:
+            return
+        if ch not in self.limits:
+            raise LimitError(f"{self.name} channel {ch}: no {what} limit configured for this "
+                             f"channel; nothing was sent")
+        limit = self.limits[ch][0 if unit == "V" else 1]
+        if value > limit:
+            raise LimitError(f"{self.name} channel {ch}: {what} {value:g} {unit} is above the "
+                             f"limit of {limit:g} {unit}; nothing was sent")
+
+    def _float(self, line: str, reply: str) -> float:
+        try:
+            return self.dialect.parse_float(reply)
+        except ValueError as e:
+            raise InstrumentError(f"{self.who}: {line!r} answered {reply!r}, not a number") from e
+
+    # --- public API --------------------------------------------------------------------------
+    def idn(self) -> str:
+        """The instrument's ``*IDN?`` string."""
+        return self._query(self.dialect.idn).strip()
+
+    def set_voltage(self, ch: int, v: float) -> Stamp:
+        """Set the voltage of channel ``ch``; returns the stamp of its acknowledgement."""
+        self._check_limit(self._channel(ch), v, "voltage", "V")
+        d = self.dialect
+        return self._setting(d.command(d.set_voltage, ch, v=v), d.command(d.query_voltage, ch),
+                             lambda r: abs(d.parse_float(r) - v) <= max(0.005, 0.001 * v))
+
+    def set_current(self, ch: int, a: float) -> Stamp:
+        """Set the current limit of channel ``ch``; returns the stamp of its acknowledgement."""
+        self._check_limit(self._channel(ch), a, "current", "A")
+        d = self.dialect
+        return self._setting(d.command(d.set_current, ch, a=a), d.command(d.query_current, ch),
+                             lambda r: abs(d.parse_float(r) - a) <= max(0.0005, 0.001 * a))
+
+    def output(self, ch: int, on: bool) -> Stamp:
+        """Switch the output; returns the stamp taken right after the acknowledging read."""
+        d = self.dialect
+        line = d.command(d.output, self._channel(ch), state=d.state(on))
+        return self._setting(line, d.command(d.query_output, ch),
+                             lambda r: d.parse_output(r, ch) == bool(on))
+
+    def output_state(self, ch: int) -> bool:
+        d = self.dialect
+        line = d.command(d.query_output, self._channel(ch))
+        reply = self._query(line)
+        try:
+            return d.parse_output(reply, ch)
+        except ValueError as e:
+            raise InstrumentError(f"{self.who}: {line!r} answered {reply!r}") from e
+
+    def measure_voltage(self, ch: int) -> float:
+        line = self.dialect.command(self.dialect.measure_voltage, self._channel(ch))
+        return self._float(line, self._query(line))
+
+    def measure_current(self, ch: int) -> float:
+        line = self.dialect.command(self.dialect.measure_current, self._channel(ch))
+        return self._float(line, self._query(line))
+
+
+def _is_query(line: str) -> bool:
+    """Whether any program message unit of the line is a query (so a reply line comes)."""
+    return any(unit.split(None, 1)[0].endswith("?") for unit in line.split(";") if unit.strip())
+
+
+def _disable_nagle(res: Any) -> None:
+    """Set TCP_NODELAY on a pyvisa-py SOCKET session, as NI-VISA does by default.
+
+    With Nagle on, a command followed at once by ``*OPC?`` waits for the instrument's delayed
+    ACK (~40 ms on Linux). pyvisa-py 0.8 raises UnknownAttribute for VI_ATTR_TCPIP_NODELAY, so
+    the socket is reached directly; anything else (another backend, a fake) is left alone.
+    """
+    try:
+        res.set_visa_attribute(constants.ResourceAttribute.tcpip_nodelay, constants.VI_TRUE)
+        return
+    except Exception:  # pyvisa-py: UnknownAttribute
+        pass
+    try:
+        sock = res.visalib.sessions[res.session].interface
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except Exception as e:
+        log.debug("cannot set TCP_NODELAY on %s: %s", getattr(res, "resource_name", res), e)

@@ -1,0 +1,247 @@
+"""A virtual POS terminal: power -> boot -> operator login -> clock sync -> sign-on -> READY.
+
+It lives on the lab's asyncio loop. Its console and ECR ports are TCP line servers that
+listen whether or not it has power (like USB-serial adapters). Every simulated delay is
+drawn from the configured distribution and multiplied by ``sim.time_scale`` (back-offs too).
+The sign-on timeout is not scaled: it bounds how long the terminal tolerates the outside world
+(network, host, fault proxy), which runs in real time. Every step is written to the truth
+journal, stamped right after the I/O call returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from enum import StrEnum
+from typing import Any
+
+from ..clock import Stamp, now
+from ..config import Distribution, SimConfig, TerminalConfig
+from ..iso8583 import cup
+from ..iso8583.keys import WorkingKeys
+from . import signon
+from .journal import TruthJournal
+from .lines import LineServer, parse_hostport, parse_socket_url
+
+log = logging.getLogger(__name__)
+
+
+class TerminalState(StrEnum):
+    OFF = "OFF"
+    BOOTING = "BOOTING"
+    LOGIN = "LOGIN"  # booted, waiting for the operator
+    SIGNON = "SIGNON"  # logged in: clock sync, sign-on attempts and back-offs
+    READY = "READY"
+    NOT_SIGNED_ON = "NOT_SIGNED_ON"  # gave up signing on
+
+
+class VirtualTerminal:
+    """One simulated terminal; ``power()`` is called by the PSU server in the lab's loop."""
+
+    def __init__(self, name: str, tcfg: TerminalConfig, sim: SimConfig, journal: TruthJournal,
+                 rng: random.Random) -> None:
+        self.name = name
+        self.tcfg = tcfg
+        self.sim = sim
+        self.journal = journal
+        self.rng = rng
+        self.state = TerminalState.OFF
+        self.keys: WorkingKeys | None = None  # working keys of the last good sign-on
+        self.stan = 0  # last STAN used (kept across power cycles, like a terminal's NVRAM)
+        self.batch = 1
+        self._tmk = bytes.fromhex(tcfg.tmk)
+        self._host = parse_hostport(tcfg.host_path)
+        self._task: asyncio.Task[None] | None = None
+        self._login = asyncio.Event()
+        self._boot_ns = 0
+        self.console = LineServer(f"{name} console")
+        self.ecr = LineServer(f"{name} ecr", self._on_ecr)
+
+    # --- lifecycle of the servers -------------------------------------------------------------
+    async def start(self) -> None:
+        """Start listening on the console and ECR ports (terminal stays off)."""
+        if self.tcfg.console:
+            await self.console.start(*parse_socket_url(self.tcfg.console, f"{self.name}.console"))
+        if self.tcfg.ecr:
+            await self.ecr.start(*parse_socket_url(self.tcfg.ecr, f"{self.name}.ecr"))
+
+    async def stop(self) -> None:
+        """Stop the simulation and close the ports (no journal entry: the lab went away)."""
+        self.state = TerminalState.OFF
+        await self._cancel()
+        await self.console.stop()
+        await self.ecr.stop()
+
+    # --- power --------------------------------------------------------------------------------
+    def power(self, on: bool, volts: float) -> None:
+        """The supply changed: on at >= ``sim.min_voltage`` boots, anything else is off."""
+        live = on and volts >= self.sim.min_voltage
+        if live == (self.state is not TerminalState.OFF):
+            return
+        stamp = now()
+        if live:
+            self._boot_ns = stamp.mono_ns
+            self._login = asyncio.Event()
+            self.state = TerminalState.BOOTING
+            self.journal.record(self.name, "power_on", stamp, volts=volts)
+            self._spawn(self._life())
+        else:
+            self.state = TerminalState.OFF
+            self.journal.record(self.name, "power_off", stamp, volts=volts,
+                                reason="output off" if not on else "brownout")
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+
+    def load(self) -> float:
+        """Current drawn now (A)."""
+        if self.state is TerminalState.OFF:
+            return 0.0
+        if self.state is TerminalState.BOOTING:
+            return self.sim.boot_current_a
+        return self.sim.idle_current_a
+
+    # --- the terminal's life after power on -----------------------------------------------------
+    async def _life(self) -> None:
+        await self._sleep(self.sim.boot)
+        self.state = TerminalState.LOGIN
+        self._say("INFO", "BOOT done", what="boot_done")
+        if self.tcfg.auto_login:
+            with contextlib.suppress(TimeoutError):  # an ECR LOGIN may come first
+                await asyncio.wait_for(self._login.wait(), self._delay_s(self.sim.login))
+        else:
+            await self._login.wait()
+        op = self.tcfg.operator.id
+        self.state = TerminalState.SIGNON
+        self._say("INFO", f"LOGIN ok op={op}", what="login", op=op)
+        await self._sleep(self.sim.clock_sync)
+        self._say("INFO", "CLOCK sync", what="clock_sync")
+        await self._signon()
+
+    async def _signon(self) -> None:
+        attempts = 1 + self.sim.signon_retries
+        for n in range(1, attempts + 1):
+            self._say("INFO", f"SIGNON start attempt={n}")
+            out = await self._attempt()
+            if out.ok:
+                self.keys = out.keys
+                self._say("INFO", "SIGNON ok", what="signon_ok", attempt=n, stan=f"{self.stan:06d}")
+                await self._sleep(self.sim.ready)
+                self.state = TerminalState.READY
+                self._say("INFO", "READY", what="ready")
+                return
+            log.info("%s: sign-on attempt %d failed: %s (%s)", self.name, n, out.reason, out.detail)
+            self._say("WARN", f"SIGNON fail rc={out.rc} attempt={n}", what="signon_fail",
+                      rc=out.rc, attempt=n, reason=out.reason, detail=out.detail)
+            if n < attempts:
+                await self._sleep_ms(self._backoff_ms(n - 1))
+        self.state = TerminalState.NOT_SIGNED_ON
+        self.keys = None
+        self._say("ERROR", "SIGNON giveup")
+
+    async def _attempt(self) -> signon.SignonOutcome:
+        self.stan = self.stan % 999_999 + 1
+        request = cup.signon_request(
+            stan=f"{self.stan:06d}", terminal_id=self.tcfg.terminal_id,
+            merchant_id=self.tcfg.merchant_id, batch=f"{self.batch:06d}",
+            key_mode=self.tcfg.key_mode, operator=self.tcfg.operator.id)
+        try:
+            return await signon.exchange(
+                *self._host, request, tmk=self._tmk, key_mode=self.tcfg.key_mode,
+                timeout_s=self.sim.signon_timeout_ms / 1000.0,
+                on_io=self._journal_io)
+        except Exception as e:  # a bug must not kill the terminal silently
+            log.exception("%s: sign-on exchange failed", self.name)
+            return signon.SignonOutcome(False, signon.RC_PROTOCOL, "error", detail=repr(e))
+
+    def _journal_io(self, what: str, stamp: Stamp, data: dict[str, object]) -> None:
+        if self.state is not TerminalState.OFF:
+            self.journal.record(self.name, what, stamp, **data)
+
+    # --- ECR ----------------------------------------------------------------------------------
+    def _on_ecr(self, line: str) -> str:
+        parts = line.split()
+        cmd = parts[0].upper()
+        st = self.state
+        if cmd == "STATUS":
+            return f"OK {st}"
+        if cmd == "CANCEL":
+            return "OK"
+        if cmd == "LOGIN":
+            return self._ecr_login(parts[1:])
+        if cmd == "SIGNON":
+            if st is TerminalState.OFF:
+                return "ERR 02 terminal off"
+            if st is TerminalState.BOOTING:
+                return "ERR 03 busy booting"
+            if st is TerminalState.LOGIN:
+                return "ERR 12 not logged in"
+            if st is not TerminalState.SIGNON:  # READY / NOT_SIGNED_ON: sign on again
+                self.state = TerminalState.SIGNON
+                self._spawn(self._signon())
+            return "OK SIGNON"
+        return "ERR 01 unknown command"
+
+    def _ecr_login(self, args: list[str]) -> str:
+        st = self.state
+        if st is TerminalState.OFF:
+            return "ERR 02 terminal off"
+        if len(args) != 2:
+            return "ERR 04 usage: LOGIN <op> <pwd>"
+        op = self.tcfg.operator
+        if args[0] != op.id or args[1] != op.password:
+            if st is TerminalState.LOGIN:
+                self._say("WARN", f"LOGIN fail op={args[0]}")
+            return "ERR 11 bad operator"
+        if st is TerminalState.BOOTING:
+            return "ERR 03 busy booting"
+        self._login.set()
+        return "OK LOGIN"
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(self._task_done)
+        self._task = task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: terminal task crashed", self.name, exc_info=task.exception())
+
+    async def _cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _say(self, level: str, text: str, what: str | None = None, **data: object) -> None:
+        """Write one console line to every client, then journal it (and ``what``, if given)."""
+        if self.state is TerminalState.OFF:
+            return
+        uptime_ms = (time.monotonic_ns() - self._boot_ns) // 1_000_000
+        line = f"{uptime_ms} {level} {text}"
+        self.console.broadcast(line)
+        stamp = now()
+        self.journal.record(self.name, "console", stamp, line=line)
+        if what is not None:
+            self.journal.record(self.name, what, stamp, **data)
+
+    def _delay_s(self, dist: Distribution) -> float:
+        return dist.draw(self.rng) * self.sim.time_scale / 1000.0
+
+    async def _sleep(self, dist: Distribution) -> None:
+        await asyncio.sleep(self._delay_s(dist))
+
+    async def _sleep_ms(self, ms: float) -> None:
+        await asyncio.sleep(ms * self.sim.time_scale / 1000.0)
+
+    def _backoff_ms(self, i: int) -> float:
+        b = self.sim.backoff_ms
+        return b[min(i, len(b) - 1)] if b else 0.0

@@ -1,0 +1,89 @@
+"""The `rig` command: JSON output, and Ctrl-C leaving the safe state and a readable store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rig.config import load_lab
+from rig.store import open_readonly
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rig(*args: str, results: Path) -> list[str]:
+    return [sys.executable, "-m", "rig.cli", "--results", str(results), *args]
+
+
+def test_signon_json(lab_proc, lab_file, tmp_path):
+    p = subprocess.run(_rig("signon", "T1", "-n", "3", "--config", str(lab_file), "--json",
+                            results=tmp_path / "r"),
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["terminal"] == "T1" and len(doc["cycles"]) == 3
+    c = doc["cycles"][0]
+    assert c["ok"] is True and set(c) >= {"boot_s", "signon_req_s", "signon_host_s", "ready_s"}
+    assert doc["summary"]["ready_s"]["p50"] > 0
+
+
+def test_bad_config_exit_2_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs/labs/virtual.yaml").read_text().replace("key_mode: \"001\"",
+                                                                          "key_mode: \"009\""))
+    p = subprocess.run(_rig("signon", "T1", "--config", str(bad), results=tmp_path / "r"),
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2
+    assert f"{bad}:" in p.stderr and "terminals.T2.key_mode" in p.stderr
+
+
+def _outputs(cfg_path: Path) -> list[str]:
+    cfg = load_lab(cfg_path)
+    host, port = cfg.sim.psu_listen.split(":")
+    with socket.create_connection((host, int(port)), timeout=2) as c:
+        f = c.makefile("rw", newline="\n")
+        states = []
+        for ch in range(1, 5):
+            f.write(f"INST:NSEL {ch}\nOUTP?\n")
+            f.flush()
+            states.append(f.readline().strip())
+    return states
+
+
+def test_ctrl_c_leaves_safe_state_and_marks_cycle(lab_proc, lab_file, tmp_path):
+    results = tmp_path / "r"
+    proc = subprocess.Popen(_rig("signon", "all", "-n", "200", "--config", str(lab_file),
+                                 "--off-s", "0.01", results=results),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    db = results / "virtual.db"
+    end = time.monotonic() + 60
+    done = 0
+    while time.monotonic() < end and done < 6:
+        time.sleep(0.1)
+        if db.exists():
+            con = open_readonly(db)
+            done = con.execute("SELECT count(*) FROM cycles WHERE state='completed'").fetchone()[0]
+            con.close()
+    assert done >= 6, "series did not get going"
+    assert "1" in _outputs(lab_file) or "ON" in _outputs(lab_file)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert all(s in ("0", "OFF") for s in _outputs(lab_file))
+    con = open_readonly(db)
+    assert con.execute("SELECT state FROM runs").fetchone()[0] == "interrupted"
+    states = [r[0] for r in con.execute("SELECT state FROM cycles")]
+    assert "started" not in states
+    assert states.count("aborted") >= 1
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -1,0 +1,326 @@
+"""PsuDriver against hand-written transcripts, one set per SCPI dialect."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+
+from rig.clock import Stamp
+from rig.config import PsuConfig
+from rig.drivers.psu import PsuDriver
+from rig.drivers.psu_dialects import DIALECTS, GENERIC
+from rig.errors import InstrumentError, LimitError, TestError
+from rig.events import EventKind, ListSink
+from tests.protocol import REOPEN, Exchange, expected_protocol, timeout_error
+
+RESOURCE = "TCPIP0::127.0.0.1::5025::SOCKET"
+LIMITS = {1: (12.6, 2.0), 2: (12.6, 2.0)}
+
+IDN = {
+    "generic": "posrig,VPSU,VLAB000001,1.0",
+    "keysight_e36300": "Keysight Technologies,E36312A,MY59000001,2.1.0-1.0.4-1.12",
+    "rigol_dp800": "RIGOL TECHNOLOGIES,DP832,DP8C000000001,00.01.16",
+    "siglent_spd3303": "Siglent Technologies,SPD3303X,SPD3XIDX000001,1.01.01.02.05,V3.0",
+}
+NO_ERROR = {"generic": '0,"No error"', "keysight_e36300": '+0,"No error"',
+            "rigol_dp800": '0,"No error"', "siglent_spd3303": '0,"No error"'}
+OPC = ("*OPC?", "1")
+
+# What each operation on channel 1 must put on the wire, written out by hand per dialect:
+# (command, acknowledgement exchange) for settings, (query, reply) for queries.
+WIRE: dict[str, dict[str, Sequence[Exchange]]] = {
+    "generic": {
+        "on": [("INST:NSEL 1;:OUTP ON", None), OPC],
+        "off": [("INST:NSEL 1;:OUTP OFF", None), OPC],
+        "volt": [("INST:NSEL 1;:VOLT 12.000", None), OPC],
+        "curr": [("INST:NSEL 1;:CURR 1.500", None), OPC],
+        "state": [("INST:NSEL 1;:OUTP?", "1")],
+        "meas_v": [("INST:NSEL 1;:MEAS:VOLT?", "12.000")],
+        "meas_i": [("INST:NSEL 1;:MEAS:CURR?", "0.350")],
+    },
+    "keysight_e36300": {
+        "on": [("OUTP ON,(@1)", None), OPC],
+        "off": [("OUTP OFF,(@1)", None), OPC],
+        "volt": [("VOLT 12.000,(@1)", None), OPC],
+        "curr": [("CURR 1.500,(@1)", None), OPC],
+        "state": [("OUTP? (@1)", "1")],
+        "meas_v": [("MEAS:VOLT? (@1)", "+1.20000000E+01")],
+        "meas_i": [("MEAS:CURR? (@1)", "+3.50000000E-01")],
+    },
+    "rigol_dp800": {
+        "on": [(":OUTP CH1,ON", None), OPC],
+        "off": [(":OUTP CH1,OFF", None), OPC],
+        "volt": [(":APPL CH1,12.000", None), OPC],
+        "curr": [(":SOUR1:CURR 1.500", None), OPC],
+        "state": [(":OUTP? CH1", "ON")],
+        "meas_v": [(":MEAS:VOLT? CH1", "12.000")],
+        "meas_i": [(":MEAS:CURR? CH1", "0.350")],
+    },
+    "siglent_spd3303": {  # no *OPC? habit: settings are read back
+        "on": [("OUTP CH1,ON", None), ("SYST:STAT?", "0x14")],
+        "off": [("OUTP CH1,OFF", None), ("SYST:STAT?", "0x4")],
+        "volt": [("CH1:VOLT 12.000", None), ("CH1:VOLT?", "12.000")],
+        "curr": [("CH1:CURR 1.500", None), ("CH1:CURR?", "1.500")],
+        "state": [("SYST:STAT?", "0x14")],
+        "meas_v": [("MEAS:VOLT? CH1", "12.000")],
+        "meas_i": [("MEAS:CURR? CH1", "0.350")],
+    },
+}
+ALL = list(WIRE)
+
+
+def check(dialect: str) -> Exchange:
+    return ("SYST:ERR?", NO_ERROR[dialect])
+
+
+@contextmanager
+def psu(dialect: str, exchanges: Sequence[Exchange], *, limits=LIMITS, sink=None,
+        timeout_s: float = 2.0, override=None) -> Iterator[PsuDriver]:
+    """An open PsuDriver on a scripted resource; open() identifies and drains the error queue."""
+    cfg = PsuConfig(resource=RESOURCE, dialect=dialect, channels=3, timeout_s=timeout_s)
+    preamble = [("*IDN?", IDN[dialect]), check(dialect)]
+
+    def factory(opener):
+        return PsuDriver("psu1", cfg, sink or ListSink(), limits, opener=opener,
+                         dialect=override).open()
+
+    with expected_protocol(factory, [*preamble, *exchanges]) as driver:
+        yield driver
+
+
+def test_every_config_dialect_has_a_table():
+    assert set(DIALECTS) == {"generic", "keysight_e36300", "rigol_dp800", "siglent_spd3303"}
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_open_identifies(dialect):
+    with psu(dialect, []) as d:
+        assert d.identity == IDN[dialect]
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_output_on_returns_stamp_of_the_acknowledgement(dialect):
+    sink = ListSink()
+    with psu(dialect, [*WIRE[dialect]["on"], check(dialect)], sink=sink) as d:
+        stamp = d.output(1, True)
+    assert isinstance(stamp, Stamp)
+    io = [e for e in sink.events if e.kind is EventKind.PSU_IO]
+    ack = io[-2]  # the *OPC? / read-back exchange
+    assert (ack.mono_ns, ack.wall_ns) == (stamp.mono_ns, stamp.wall_ns)
+    assert [e.data["cmd"] for e in io[-3:]] == [WIRE[dialect]["on"][0][0],
+                                                WIRE[dialect]["on"][1][0], "SYST:ERR?"]
+    assert all(e.source == "psu1" for e in io)
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_output_off(dialect):
+    with psu(dialect, [*WIRE[dialect]["off"], check(dialect)]) as d:
+        assert isinstance(d.output(1, False), Stamp)
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_set_voltage(dialect):
+    with psu(dialect, [*WIRE[dialect]["volt"], check(dialect)]) as d:
+        d.set_voltage(1, 12.0)
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_set_current(dialect):
+    with psu(dialect, [*WIRE[dialect]["curr"], check(dialect)]) as d:
+        d.set_current(1, 1.5)
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_measure(dialect):
+    with psu(dialect, [*WIRE[dialect]["meas_v"], *WIRE[dialect]["meas_i"]]) as d:
+        assert d.measure_voltage(1) == pytest.approx(12.0)
+        assert d.measure_current(1) == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_output_state(dialect):
+    with psu(dialect, WIRE[dialect]["state"]) as d:
+        assert d.output_state(1) is True
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_error_queue_entry_raises_and_is_drained(dialect):
+    wire = [*WIRE[dialect]["on"], ("SYST:ERR?", '-221,"Settings conflict"'),
+            ("SYST:ERR?", '-113,"Undefined header"'), check(dialect)]
+    with psu(dialect, wire) as d, pytest.raises(InstrumentError) as err:
+        d.output(1, True)
+    text = str(err.value)
+    assert text.startswith(f"psu1 ({RESOURCE}): ")
+    assert '-221,"Settings conflict"' in text and '-113,"Undefined header"' in text
+    assert dialect in text
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_voltage_limit_sends_nothing(dialect):
+    with psu(dialect, []) as d, pytest.raises(LimitError) as err:
+        d.set_voltage(1, 13.0)
+    assert all(s in str(err.value) for s in ("psu1", "channel 1", "13 V", "12.6 V", "nothing was sent"))
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_current_limit_sends_nothing(dialect):
+    with psu(dialect, []) as d, pytest.raises(LimitError) as err:
+        d.set_current(2, 2.5)
+    assert all(s in str(err.value) for s in ("psu1", "channel 2", "2.5 A", "2 A"))
+
+
+def test_channel_without_a_limit_is_refused_when_limits_are_given():
+    with psu("generic", []) as d, pytest.raises(LimitError, match="channel 3: no voltage limit"):
+        d.set_voltage(3, 5.0)
+
+
+def test_without_limits_any_valid_value_goes_out():
+    with psu("generic", [("INST:NSEL 3;:VOLT 24.000", None), OPC, check("generic")],
+             limits=None) as d:
+        d.set_voltage(3, 24.0)
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_nonsense_values_are_refused(value):
+    with psu("generic", [], limits=None) as d, pytest.raises(LimitError):
+        d.set_voltage(1, value)
+
+
+@pytest.mark.parametrize("ch", [0, 4, True, "1"])
+def test_bad_channel_is_a_test_error(ch):
+    with psu("rigol_dp800", []) as d, pytest.raises(TestError, match="psu1: no channel"):
+        d.output(ch, True)
+
+
+def test_second_channel_is_addressed():
+    wire = {
+        "generic": [("INST:NSEL 2;:OUTP ON", None), OPC],
+        "keysight_e36300": [("OUTP ON,(@2)", None), OPC],
+        "rigol_dp800": [(":OUTP CH2,ON", None), OPC],
+        "siglent_spd3303": [("OUTP CH2,ON", None), ("SYST:STAT?", "0x24")],
+    }
+    for dialect, exchanges in wire.items():
+        with psu(dialect, [*exchanges, check(dialect)]) as d:
+            d.output(2, True)
+
+
+def test_siglent_read_back_that_disagrees_raises():
+    with psu("siglent_spd3303", [("OUTP CH1,ON", None), ("SYST:STAT?", "0x4"),
+                                 check("siglent_spd3303")]) as d:
+        with pytest.raises(InstrumentError, match="not confirmed: 'SYST:STAT\\?' answered '0x4'"):
+            d.output(1, True)
+
+
+def test_open_drains_stale_errors():
+    cfg = PsuConfig(resource=RESOURCE, dialect="generic")
+    wire = [("*IDN?", IDN["generic"]), ("SYST:ERR?", '-113,"Undefined header"'),
+            ("SYST:ERR?", '0,"No error"')]
+    with expected_protocol(lambda o: PsuDriver("psu1", cfg, ListSink(), opener=o).open(), wire) as d:
+        assert d.identity == IDN["generic"]
+
+
+def test_something_that_is_not_an_instrument_is_refused_at_open():
+    cfg = PsuConfig(resource=RESOURCE)
+    wire = [("*IDN?", "HTTP/1.1 400 Bad Request")]
+    with pytest.raises(InstrumentError, match="not an instrument identity"):
+        with expected_protocol(lambda o: PsuDriver("psu1", cfg, ListSink(), opener=o).open(), wire):
+            pass
+
+
+def test_timeout_reconnects_once_and_replays_the_exchange():
+    wire = [("INST:NSEL 1;:OUTP ON", None), ("*OPC?", timeout_error()), REOPEN,
+            ("INST:NSEL 1;:OUTP ON", None), OPC, check("generic")]
+    sink = ListSink()
+    with psu("generic", wire, sink=sink) as d:
+        d.output(1, True)
+    errors = [e for e in sink.events if "error" in e.data]
+    assert [e.data["error"] for e in errors] == ["no reply to '*OPC?' within 2.0 s"]
+
+
+def test_second_timeout_raises_a_clear_error():
+    wire = [("INST:NSEL 1;:OUTP ON", None), ("*OPC?", timeout_error()), REOPEN,
+            ("INST:NSEL 1;:OUTP ON", None), ("*OPC?", timeout_error()), REOPEN,
+            ("INST:NSEL 1;:MEAS:CURR?", "0.100")]
+    with psu("generic", wire) as d:
+        with pytest.raises(InstrumentError) as err:
+            d.output(1, True)
+        assert str(err.value) == (
+            f"psu1 ({RESOURCE}): no reply to '*OPC?' within 2.0 s (also after reconnecting); "
+            "is the instrument on and the LAN port right?")
+        assert d.measure_current(1) == pytest.approx(0.1)  # the next call reconnects
+
+
+def test_dropped_socket_reconnects():
+    wire = [("MEAS:CURR? (@1)", ConnectionResetError(104, "Connection reset by peer")), REOPEN,
+            ("MEAS:CURR? (@1)", "+1.00000000E-01")]
+    with psu("keysight_e36300", wire) as d:
+        assert d.measure_current(1) == pytest.approx(0.1)
+
+
+def test_unopenable_resource_is_an_instrument_error():
+    def opener():
+        raise OSError("could not connect: StatusCode.error_timeout")
+
+    cfg = PsuConfig(resource=RESOURCE)
+    with pytest.raises(InstrumentError, match=r"psu1 \(TCPIP0::127.0.0.1::5025::SOCKET\): cannot open"):
+        PsuDriver("psu1", cfg, ListSink(), opener=opener).open()
+
+
+def test_garbage_reply_is_an_instrument_error():
+    with psu("generic", [("INST:NSEL 1;:MEAS:VOLT?", "volts!")]) as d:
+        with pytest.raises(InstrumentError, match="not a number"):
+            d.measure_voltage(1)
+
+
+def test_custom_dialect_overrides_the_config():
+    odd = replace(GENERIC, name="odd", output="OUTPut:STATe {state}", on_off=("1", "0"))
+    with psu("generic", [("INST:NSEL 1;:OUTPut:STATe 1", None), OPC, check("generic")],
+             override=odd) as d:
+        d.output(1, True)
+
+
+class _Strict:
+    """Answers every query, but fails if two exchanges interleave."""
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+        self.count = 0
+
+    def write(self, message: str) -> None:
+        assert self.pending is None, f"interleaved write {message!r} after {self.pending!r}"
+        self.pending = message if "?" in message else None
+        self.count += 1
+
+    def read(self) -> str:
+        assert self.pending is not None
+        msg, self.pending = self.pending, None
+        return {"*IDN?": "x,y,z,1", "SYST:ERR?": '0,"No error"', "*OPC?": "1"}.get(msg, "0.5")
+
+    def close(self) -> None:
+        pass
+
+
+def test_concurrent_callers_never_interleave():
+    fake = _Strict()
+    d = PsuDriver("psu1", PsuConfig(resource=RESOURCE), ListSink(), opener=lambda: fake).open()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(100):
+                d.measure_current(1)
+                d.output(2, True)
+        except BaseException as e:  # noqa: BLE001
+            failures.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert fake.count == 2 + 4 * 100 * 4
