@@ -38,14 +38,16 @@ def _port() -> int:
 def bench_config(tmp: Path) -> Path:
     """configs/labs/virtual.yaml on free ports, short boots, time_scale 1.0."""
     base = load_lab(ROOT / "configs/labs/virtual.yaml")
-    host, psu = f"127.0.0.1:{_port()}", _port()
+    host, psu, grbl = f"127.0.0.1:{_port()}", _port(), _port()
     over = {
-        "instruments": {"psu1": {"resource": f"TCPIP0::127.0.0.1::{psu}::SOCKET"}},
+        "instruments": {"psu1": {"resource": f"TCPIP0::127.0.0.1::{psu}::SOCKET"},
+                        "robot1": {"port": f"socket://127.0.0.1:{grbl}"}},
         "host": {"listen": host},
         "terminals": {t: {"console": f"socket://127.0.0.1:{_port()}",
                           "ecr": f"socket://127.0.0.1:{_port()}", "host_path": host}
                       for t in base.terminals},
-        "sim": {"psu_listen": f"127.0.0.1:{psu}", "time_scale": 1.0,
+        "sim": {"psu_listen": f"127.0.0.1:{psu}", "grbl_listen": f"127.0.0.1:{grbl}",
+                "time_scale": 1.0,
                 "boot": {"dist": "normal", "mean": 120, "sd": 15, "min": 60},
                 "login": {"dist": "fixed", "ms": 10}, "clock_sync": {"dist": "fixed", "ms": 5}},
     }

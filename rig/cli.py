@@ -212,6 +212,110 @@ def _render(per: list[dict[str, Any]], run_id: int, store: Path) -> None:
     out.print(f"run {run_id} stored in {store}")
 
 
+# --- sales, cards, robot ------------------------------------------------------------------------
+card_app = typer.Typer(no_args_is_help=True, help="Card profiles and PC/SC card checks.")
+robot_app = typer.Typer(no_args_is_help=True, help="The card robot.")
+app.add_typer(card_app, name="card")
+app.add_typer(robot_app, name="robot")
+
+
+@app.command()
+def sale(terminal: str,
+         card: Annotated[str, typer.Option(help="card profile in the magazine")] = "cup_debit",
+         amount: Annotated[str, typer.Option(help="amount, major units")] = "1.00",
+         entry: Annotated[str, typer.Option(help="chip | swipe | tap")] = "chip",
+         config: ConfigOpt = DEFAULT_CONFIG,
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Sign the terminal on if needed, then run one sale with the robot presenting the card."""
+    _sigterm_as_interrupt()
+    with _open(config) as rig:
+        rig.ensure_ready(terminal)
+        r = rig.sale(terminal, amount=amount, card=card, entry=entry)
+    if as_json:
+        sys.stdout.write(json.dumps(r.as_dict()) + "\n")
+    else:
+        color = "green" if r.approved else "red"
+        out.print(f"[{color}]{r.outcome}[/{color}] rc={r.rc} auth={r.auth_code} rrn={r.rrn} "
+                  f"card={r.card} ({r.pan_masked}) entry={r.entry}" + (f"  {r.error}" if r.error else ""))
+        out.print("  ".join(f"{k}={_fmt(getattr(r, k))}" for k in
+                            ("card_to_auth_s", "auth_host_s", "auth_to_result_s", "card_to_result_s",
+                             "robot_wait_s")))
+    if r.outcome not in ("approved", "declined"):
+        raise typer.Exit(1)
+
+
+@card_app.command("list")
+def card_list(as_json: Annotated[bool, typer.Option("--json")] = False,
+              cards_dir: Annotated[str | None, typer.Option(help="profiles directory")] = None) -> None:
+    """The card profiles (PANs masked)."""
+    from .cards.profiles import CARDS_DIR, load_cards
+    from .redact import mask_pan
+
+    cards = load_cards(cards_dir or CARDS_DIR)
+    rows = [{"name": c.name, "scheme": c.scheme, "product": c.product, "pan": mask_pan(c.pan),
+             "expiry": c.expiry, "entry_modes": c.entry_modes, "aids": c.aids,
+             "expired": c.expired(), "mute": c.mute} for c in cards.values()]
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    t = Table(title="card profiles")
+    for col in ("name", "scheme", "pan", "expiry", "entry", "notes"):
+        t.add_column(col)
+    for r in rows:
+        notes = ", ".join(n for n, on in (("expired", r["expired"]), ("mute", r["mute"])) if on)
+        t.add_row(r["name"], f"{r['scheme']} {r['product']}", r["pan"], r["expiry"],
+                  ",".join(r["entry_modes"]), notes)
+    out.print(t)
+
+
+@card_app.command("check")
+def card_check(card: Annotated[str | None, typer.Argument(help="emulated card (virtual lab)")] = None,
+               reader: Annotated[str | None, typer.Option(help="PC/SC reader name")] = None,
+               config: ConfigOpt = DEFAULT_CONFIG,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Read a card through PC/SC: ATR, AIDs, masked PAN, expiry, problems."""
+    with _open(config) as rig:
+        c = rig.card_check(card, reader=reader)
+    d = c.as_dict() if hasattr(c, "as_dict") else dict(c.__dict__)
+    if as_json:
+        sys.stdout.write(json.dumps(d, default=str) + "\n")
+        return
+    for k, v in d.items():
+        out.print(f"{k:>12}: {v}")
+    if d.get("problems"):
+        raise typer.Exit(1)
+
+
+@robot_app.command("status")
+def robot_status(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """GRBL state and machine position."""
+    with _open(config) as rig:
+        if rig.robot is None:
+            raise typer.BadParameter("this lab has no robot")
+        st = rig.robot.status()
+    out.print(f"{rig.robot.name}: {st.state} MPos={st.mpos}")
+
+
+@robot_app.command("home")
+def robot_home(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Home the robot ($H)."""
+    with _open(config) as rig:
+        if rig.robot is None:
+            raise typer.BadParameter("this lab has no robot")
+        rig.robot.home()
+    out.print("homed")
+
+
+@robot_app.command("park")
+def robot_park(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Move the robot to its park position."""
+    with _open(config) as rig:
+        if rig.robot is None:
+            raise typer.BadParameter("this lab has no robot")
+        rig.robot.park()
+    out.print("parked")
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:

@@ -88,7 +88,60 @@ class RelayConfig(Strict):
     address: int = Field(1, ge=0, le=255)
 
 
-Instrument = Annotated[PsuConfig | RelayConfig, Field(discriminator="kind")]
+class RobotConfig(Strict):
+    """A GRBL 1.1 card robot on a serial line (``socket://`` for the virtual lab)."""
+
+    kind: Literal["robot"] = "robot"
+    port: str = Field(description="pyserial URL or device path")
+    baudrate: int = 115200
+    feed_mm_min: float = Field(6000, gt=0, description="travel feed rate (G1)")
+    timeout_s: float = Field(5.0, gt=0, description="per-line reply timeout")
+    home_on_open: bool = Field(False, description="$H at start (machines with limit switches)")
+
+
+Instrument = Annotated[PsuConfig | RelayConfig | RobotConfig, Field(discriminator="kind")]
+
+
+class Point(Strict):
+    """Robot coordinates, mm (machine coordinates, MPos)."""
+
+    x: float
+    y: float
+    z: float
+
+
+class Stations(Strict):
+    """Where a terminal's card interfaces are, in robot coordinates."""
+
+    chip: Point = Field(description="card fully inserted in the chip slot (insert depth)")
+    swipe_start: Point
+    swipe_end: Point
+    nfc: Point = Field(description="card resting on the contactless logo")
+
+
+class Magazine(Strict):
+    origin: Point = Field(description="slot 1's pick position")
+    pitch_mm: float = Field(20.0, gt=0, description="slot spacing along +x")
+    slots: dict[int, str] = Field(description="slot number -> card profile name")
+
+
+class RobotLayout(Strict):
+    """The shared card robot: which instrument, where it parks, what the magazine holds."""
+
+    instrument: str
+    park: Point
+    safe_z: float = Field(description="travel height above every station")
+    magazine: Magazine
+    swipe_speed_mm_s: float = Field(400, gt=0, description="default swipe speed")
+    tap_dwell_ms: float = Field(500, ge=0, description="default dwell in the NFC field")
+    cards_dir: str = Field("configs/cards", description="card profiles (relative to the cwd)")
+
+    def slot_point(self, slot: int) -> Point:
+        o = self.magazine.origin
+        return Point(x=o.x + (slot - 1) * self.magazine.pitch_mm, y=o.y, z=o.z)
+
+    def slot_of(self, card: str) -> int | None:
+        return next((s for s, c in self.magazine.slots.items() if c == card), None)
 
 
 class PowerConfig(Strict):
@@ -127,6 +180,7 @@ class TerminalConfig(Strict):
     host_path: str = Field(description="host:port the terminal dials (the host, or a fault proxy)")
     operator: Operator = Operator()
     auto_login: bool = True
+    stations: Stations | None = Field(None, description="card interfaces for the robot")
 
 
 def _hostport(v: str) -> str:
@@ -139,12 +193,25 @@ class HostRule(Strict):
     processing_ms: float = Field(0.0, ge=0)
 
 
+class HostOverride(Strict):
+    """Force a response code for financial requests matching every criterion given."""
+
+    terminal: str | None = Field(None, description="terminal name (lab config key)")
+    card: str | None = Field(None, description="card profile name")
+    amount_minor: int | None = Field(None, ge=0, description="exact amount (field 4)")
+    rc: str = Field(pattern=r"^[0-9A-Z]{2}$", description="response code to answer with")
+
+
 class HostConfig(Strict):
     dialect: Literal["cup", "iso87"] = "cup"
     listen: str = "127.0.0.1:5800"
     processing_ms: float = Field(0.0, ge=0, description="delay before each response")
     rules: dict[str, HostRule] = Field(default_factory=dict, description="per terminal name")
     read_timeout_s: float = Field(30.0, gt=0)
+    overrides: list[HostOverride] = Field(
+        default_factory=list, description="forced response codes; the first match wins")
+    cards_dir: str = Field("configs/cards", description="card profiles the host knows "
+                           "(relative to the cwd, else to the project)")
 
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
 
@@ -168,8 +235,19 @@ class SimConfig(Strict):
     min_voltage: float = Field(9.0, gt=0, description="below this a virtual terminal browns out")
     idle_current_a: float = 0.35
     boot_current_a: float = 0.9
+    txn_current_a: float = 0.6
+    grbl_listen: str = "127.0.0.1:5030"
+    robot_max_feed_mm_min: float = Field(60000, gt=0, description="$110-$112 in the sim")
+    swipe_speed_min_mm_s: float = Field(100, gt=0, description="slower reads fail (10 cm/s)")
+    swipe_speed_max_mm_s: float = Field(1500, gt=0, description="faster reads fail (150 cm/s)")
+    insert_tolerance_mm: float = Field(1.0, gt=0, description="how close to a station counts")
+    tap_dwell_min_ms: float = Field(200, ge=0, description="NFC read needs this long in field")
+    card_read: Distribution = Distribution(dist="fixed", ms=120)
+    auth_timeout_ms: float = Field(8000, gt=0, description="0210 wait before reversal")
+    reversal_retries: int = Field(3, ge=0)
+    result_display: Distribution = Distribution(dist="fixed", ms=5)
 
-    _check_listen = field_validator("psu_listen")(lambda cls, v: _hostport(v))
+    _check_listen = field_validator("psu_listen", "grbl_listen")(lambda cls, v: _hostport(v))
 
 
 class LabConfig(Strict):
@@ -180,6 +258,7 @@ class LabConfig(Strict):
     host: HostConfig = HostConfig()
     terminals: dict[str, TerminalConfig]
     safe_power: Literal["off", "on", "leave"] = Field("off", description="power state on exit")
+    robot: RobotLayout | None = None
     sim: SimConfig = SimConfig()
 
     @model_validator(mode="after")
@@ -203,6 +282,11 @@ class LabConfig(Strict):
             if p.current_limit is not None and p.current_limit > m.current_max:
                 raise _field_error(("terminals", name, "power", "current_limit"),
                                    f"{p.current_limit} A is above model {t.model!r} current_max {m.current_max} A")
+        if self.robot is not None:
+            inst = self.instruments.get(self.robot.instrument)
+            if inst is None or inst.kind != "robot":
+                raise _field_error(("robot", "instrument"),
+                                   f"no robot instrument {self.robot.instrument!r}")
         return self
 
     # --- convenience -------------------------------------------------------------------------
@@ -297,7 +381,7 @@ def validate_lab(data: dict[str, Any], path: str = "<config>", tree: Any = None)
         problems = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            if len(loc) > 2 and loc[0] == "instruments" and loc[2] in ("psu", "relay"):
+            if len(loc) > 2 and loc[0] == "instruments" and loc[2] in ("psu", "relay", "robot"):
                 loc = loc[:2] + loc[3:]  # drop the discriminator tag pydantic inserts
             msg = err["msg"]
             ctx = err.get("ctx") or {}

@@ -37,6 +37,25 @@ class EventKind(StrEnum):
     NET_REQ = "net_req"  # other 08x0 (echo, sign-off) received
     NET_RSP = "net_rsp"
     PROTOCOL_ERROR = "protocol_error"
+    AUTH_REQ = "auth_req"  # 0200/0100 received (kernel stamp); data: mti, proc, stan, amount_minor, pan (masked), entry
+    AUTH_RSP = "auth_rsp"  # 0210/0110 sent; data: rc, stan, auth_code, rrn
+    REVERSAL_REQ = "reversal_req"  # 0400 received
+    REVERSAL_RSP = "reversal_rsp"
+    SETTLE_REQ = "settle_req"  # 0500 received
+    SETTLE_RSP = "settle_rsp"
+    # card robot
+    ROBOT_IO = "robot_io"  # one GRBL line exchange (line, reply)
+    ROBOT_WAIT = "robot_wait"  # a terminal waited for the shared robot; data: waited_s
+    ROBOT_MOVE = "robot_move"  # a card move finished (motion complete); data: move, slot/station
+    CARD_PRESENTED = "card_presented"  # the robot finished presenting the card (insert/swipe/tap)
+    ROBOT_ALARM = "robot_alarm"
+    # terminal transaction (console)
+    SALE_START = "sale_start"
+    CARD_WAIT = "card_wait"
+    CARD_READ = "card_read"
+    CARD_FAIL = "card_fail"
+    AUTH_RESULT = "auth_result"  # the result shown on the terminal (console RESULT line)
+    REVERSAL = "reversal"
     # bookkeeping
     CYCLE_START = "cycle_start"
     CYCLE_END = "cycle_end"

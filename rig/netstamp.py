@@ -10,6 +10,7 @@ timeline. Without a control message (timestamping unavailable) the reader falls 
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import sys
@@ -22,7 +23,14 @@ from .clock import ClockSource, Deadline, WallToMono, now
 SO_TIMESTAMPNS: int = getattr(socket, "SO_TIMESTAMPNS", 35)
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _TIMESPEC = struct.Struct("@ll")  # struct timespec (time_t, long): 16 bytes on 64-bit
-ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+# room for SCM_TIMESTAMPNS and, once TX stamping is on, SCM_TIMESTAMPING (3 timespecs)
+ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(3 * _TIMESPEC.size)
+
+# SO_TIMESTAMPING (Linux, include/uapi/linux/net_tstamp.h): software TX stamps, no payload echo
+SO_TIMESTAMPING: int = getattr(socket, "SO_TIMESTAMPING", 37)
+_SOF_TX_SOFTWARE = 1 << 1
+_SOF_SOFTWARE = 1 << 4
+_SOF_OPT_TSONLY = 1 << 11
 
 
 def enable_rx_timestamps(sock: socket.socket) -> bool:
@@ -110,3 +118,93 @@ class StampedReader:
         else:
             mono = self._mapper.to_mono(wall)
             self.last = RxStamp(mono, wall, ClockSource.KERNEL, after_ns - mono)
+
+
+def enable_tx_timestamps(sock: socket.socket) -> bool:
+    """Ask the kernel for software transmit timestamps on ``sock`` (SO_TIMESTAMPING)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING,
+                        _SOF_TX_SOFTWARE | _SOF_SOFTWARE | _SOF_OPT_TSONLY)
+    except OSError:
+        return False
+    return True
+
+
+def _tx_wall_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)  # ts[0]: the software stamp
+            if sec or nsec:
+                return int(sec) * 1_000_000_000 + int(nsec)
+    return None
+
+
+def send_stamped(sock: socket.socket, data: bytes, mapper: WallToMono,
+                 wait_s: float = 0.005) -> RxStamp:
+    """``sendall`` then the kernel's transmit stamp of the last segment (when the packet was
+    handed to the device), if TX stamping is on; else the thread's stamp after sendall."""
+    sock.sendall(data)
+    after = now()
+    best: int | None = None
+    end = time.monotonic() + wait_s
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)  # a socket with a timeout would wait for *readable* data first
+    try:
+        poller = select.poll()
+        poller.register(sock, 0)  # POLLERR (the error queue has a message) is always reported
+        while True:
+            try:
+                _, anc, _, _ = sock.recvmsg(0, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                left = end - time.monotonic()
+                if best is not None or left <= 0:
+                    break
+                poller.poll(max(1, int(left * 1000)))
+                continue
+            except OSError:
+                break
+            wall = _tx_wall_ns(anc)
+            if wall is not None:
+                best = wall if best is None else max(best, wall)
+    finally:
+        sock.settimeout(timeout)
+    if best is None:
+        return RxStamp(after.mono_ns, after.wall_ns, ClockSource.THREAD, None)
+    mono = mapper.to_mono(best)
+    return RxStamp(mono, best, ClockSource.KERNEL, after.mono_ns - mono)
+
+
+class StampingSocket:
+    """Wraps a library's TCP socket so its ``recv`` keeps the kernel receive stamp.
+
+    pyvisa-py reads its SOCKET sessions with ``select`` + ``recv``; swapping the session's
+    socket for this wrapper gives every instrument reply the kernel's stamp (``take()``)
+    without re-implementing the VISA layer. Everything else is delegated to the socket.
+    """
+
+    def __init__(self, sock: socket.socket, mapper: WallToMono) -> None:
+        self._sock = sock
+        self._mapper = mapper
+        self._last: RxStamp | None = None
+        enable_rx_timestamps(sock)
+
+    def recv(self, n: int, flags: int = 0) -> bytes:
+        data, anc, mflags, _ = self._sock.recvmsg(n, ANC_SPACE, flags)
+        wall = None if mflags & socket.MSG_CTRUNC else kernel_wall_ns(anc)
+        if data and wall is not None:
+            mono = self._mapper.to_mono(wall)
+            self._last = RxStamp(mono, wall, ClockSource.KERNEL, time.monotonic_ns() - mono)
+        return data
+
+    def take(self) -> RxStamp | None:
+        """The stamp of the last segment received since the previous ``take()``."""
+        last, self._last = self._last, None
+        return last
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)

@@ -21,14 +21,14 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from .analysis.metrics import SignOn, signon_figures
-from .clock import Deadline, Stamp, WallToMono, now
+from .clock import ClockSource, Deadline, Stamp, WallToMono, now
 from .config import LabConfig, load_lab
 from .drivers.console import ConsoleReader
 from .drivers.ecr import EcrDriver
 from .drivers.profiles import get_profile
 from .drivers.psu import PsuDriver
 from .drivers.relay import RelayDriver
-from .errors import InfrastructureError, TerminalError, TestError
+from .errors import TerminalError, TestError
 from .events import Event, EventKind
 from .host.server import AcquirerHost
 from .labproc import LabProcess, listening
@@ -46,6 +46,7 @@ class _Track:
 
     cond: threading.Condition = field(default_factory=threading.Condition)
     cycle_id: int | None = None
+    kind: str = "signon"
     n: int = 0
     events: list[Event] = field(default_factory=list)
     done: bool = True
@@ -106,7 +107,18 @@ class Rig:
 
         self.psus: dict[str, PsuDriver] = {}
         self.relays: dict[str, RelayDriver] = {}
+        self.robot: Any = None
         for name, inst in cfg.instruments.items():
+            if inst.kind == "robot":
+                from .drivers.robot import RobotDriver
+
+                layout = cfg.robot if cfg.robot and cfg.robot.instrument == name else None
+                robot = RobotDriver(name, inst, self.recorder, layout=layout)
+                robot.open()
+                self._stack.callback(robot.close)  # parks first
+                if layout is not None:
+                    self.robot = robot
+                continue
             if inst.kind == "psu":
                 limits = {}
                 for t in cfg.terminals.values():
@@ -187,24 +199,25 @@ class Rig:
                 psu.set_voltage(p.channel, p.voltage)
                 psu.set_current(p.channel, p.current_limit)
             stamp = psu.output(p.channel, on)
-            src = p.psu
+            src, clock = p.psu, psu.last_clock
         else:
             assert p.relay
             stamp = self.relays[p.relay].set(p.channel, on)
-            src = p.relay
+            src, clock = p.relay, ClockSource.THREAD
         kind = EventKind.POWER_ON if on else EventKind.POWER_OFF
-        self.recorder.record(Event.at(stamp, kind, src, terminal, channel=p.channel,
+        self.recorder.record(Event.at(stamp, kind, src, terminal, clock=clock, channel=p.channel,
                                       volts=p.voltage if on else 0.0))
         return stamp
 
-    def _begin_cycle(self, terminal: str) -> int:
+    def _begin_cycle(self, terminal: str, kind: str = "signon") -> int:
         track = self._tracks[terminal]
         self._finish(terminal, state="completed")
         with track.cond:
             track.n += 1
             st = now()
-            track.cycle_id = self.store.start_cycle(self.run_id, terminal, track.n, "signon",
+            track.cycle_id = self.store.start_cycle(self.run_id, terminal, track.n, kind,
                                                     st.mono_ns, st.wall_ns)
+            track.kind = kind
             track.events = []
             track.done = False
         self.recorder.set_cycle(terminal, track.cycle_id)
@@ -293,26 +306,50 @@ class Rig:
         ecr.command(f"LOGIN {op.id} {op.password}", secret=op.password)
 
     def _await(self, track: _Track, kind: EventKind, timeout_s: float) -> None:
+        self._wait_event(track, {kind}, timeout_s)
+
+    def _wait_event(self, track: _Track, kinds: set[EventKind], timeout_s: float,
+                    after_ns: int = 0) -> Event | None:
+        """The first event of ``kinds`` in the open cycle (recorded after ``after_ns``), waiting
+        up to ``timeout_s``; None on time-out. Raises KeyboardInterrupt when the rig stops."""
         deadline = Deadline(timeout_s)
         with track.cond:
-            while not any(e.kind == kind for e in track.events) and not deadline.expired:
-                track.cond.wait(deadline.remaining())
+            while True:
+                ev = next((e for e in track.events if e.kind in kinds and e.mono_ns >= after_ns),
+                          None)
+                if ev is not None or deadline.expired:
+                    return ev
+                if self._stop.is_set():
+                    raise KeyboardInterrupt
+                track.cond.wait(min(0.1, deadline.remaining()))
+
+    def _take(self, terminal: str) -> tuple[int, str, list[Event]] | None:
+        """Close the terminal's open cycle for new events: (cycle id, kind, its events)."""
+        track = self._tracks[terminal]
+        with track.cond:
+            if track.done or track.cycle_id is None:
+                return None
+            track.done = True
+            return track.cycle_id, track.kind, list(track.events)
+
+    def _mark(self, cycle: int, state: str, result: dict[str, Any]) -> None:
+        """Commit everything recorded so far, then mark the cycle (never the other order)."""
+        self.recorder.flush()
+        self.store.end_cycle(cycle, state, result)
 
     def _finish(self, terminal: str, state: str, error: str | None = None) -> SignOn:
         """End the terminal's open cycle (if any): commit its events, then mark it."""
-        track = self._tracks[terminal]
-        with track.cond:
-            if track.done:
-                return SignOn(terminal, track.cycle_id, False, error="no open cycle")
-            track.done = True
-            events = list(track.events)
-            cycle = track.cycle_id
+        taken = self._take(terminal)
+        if taken is None:
+            return SignOn(terminal, self._tracks[terminal].cycle_id, False, error="no open cycle")
+        cycle, kind, events = taken
         tcfg = self.cfg.terminals[terminal]
         result = signon_figures(terminal, cycle, events, has_console=tcfg.console is not None,
                                 error=error)
-        self.recorder.flush()
-        assert cycle is not None
-        self.store.end_cycle(cycle, state, {**result.as_dict(), "n": track.n})
+        record = {**result.as_dict(), "n": self._tracks[terminal].n}
+        if kind != "signon":  # e.g. a sale interrupted before it could report
+            record = {"ok": False, "error": error or "ended", "n": record["n"]}
+        self._mark(cycle, state, record)
         return result
 
     def signon_series(self, terminals: str | Iterable[str] = "all", n: int = 10,
@@ -329,31 +366,47 @@ class Rig:
         self._stop.clear()  # re-arm after an interrupted series (a notebook's Ctrl-C)
         return run_series(self, names, n, off_s=off_s, timeout_s=timeout_s, progress=progress)
 
-    # --- status -------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """Instruments (identity or error) and terminals (output, console, last line)."""
-        out: dict[str, Any] = {"lab": self.cfg.name, "run_id": self.run_id,
-                               "store": str(self.store.path), "instruments": {}, "terminals": {}}
-        for name, psu in self.psus.items():
+    def ensure_ready(self, terminal: str, timeout_s: float = 60.0) -> SignOn | None:
+        """Power-cycle and sign the terminal on unless its ECR says READY already."""
+        self._check(terminal)
+        ecr = self.ecrs.get(terminal)
+        if ecr is not None:
             try:
-                out["instruments"][name] = {"ok": True, "idn": psu.idn()}
-            except InfrastructureError as e:
-                out["instruments"][name] = {"ok": False, "error": str(e)}
-        for tname, t in self.cfg.terminals.items():
-            info: dict[str, Any] = {"console": self.consoles[tname].connected
-                                    if tname in self.consoles else None}
-            if t.power.psu and t.power.psu in self.psus:
-                try:
-                    info["output"] = self.psus[t.power.psu].output_state(t.power.channel)
-                except InfrastructureError as e:
-                    info["output"] = f"error: {e}"
-            if tname in self.ecrs:
-                try:
-                    info["state"] = self.ecrs[tname].command("STATUS")
-                except Exception as e:  # status must not raise
-                    info["state"] = f"error: {e}"
-            out["terminals"][tname] = info
-        return out
+                if ecr.command("STATUS").split()[:1] == ["READY"]:
+                    return None
+            except TerminalError:
+                pass
+        self.power_cycle(terminal)
+        s = self.wait_signon(terminal, timeout_s=timeout_s)
+        if not s.ok:
+            raise TerminalError(f"{terminal}: did not sign on: {s.error}")
+        return s
+
+    # --- sales and cards -----------------------------------------------------------------------
+    def sale(self, terminal: str, amount: str = "1.00", card: str = "cup_debit",
+             entry: str = "chip", *, txn: str = "sale", swipe_speed_mm_s: float | None = None,
+             tap_dwell_ms: float | None = None, timeout_s: float = 60.0) -> Any:
+        """Start a sale over ECR, present ``card`` with the robot (``entry``: chip, swipe,
+        tap) and return a :class:`~rig.analysis.sale_metrics.SaleResult` with its figures."""
+        from .sale import run_sale
+
+        return run_sale(self, terminal, amount=amount, card=card, entry=entry, txn=txn,
+                        swipe_speed_mm_s=swipe_speed_mm_s, tap_dwell_ms=tap_dwell_ms,
+                        timeout_s=timeout_s)
+
+    def card_check(self, card: str | None = None, reader: str | None = None,
+                   contactless: bool = False) -> Any:
+        """Check a card through PC/SC (ATR, AIDs, masked PAN, expiry, problems). On a virtual
+        lab, ``card`` names the emulated card to attach to the virtual reader."""
+        from .cardcheck import card_check
+
+        return card_check(self, card, reader=reader, contactless=contactless)
+
+    def status(self) -> dict[str, Any]:
+        """Instruments (identity or error) and terminals (output, console, state)."""
+        from .status import status
+
+        return status(self)
 
     # --- teardown -----------------------------------------------------------------------------
     def stop(self) -> None:

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL, source TEXT NOT NULL, terminal TEXT, clock TEXT NOT NULL,
     data_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sales (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL, cycle_id INTEGER NOT NULL,
+    terminal TEXT NOT NULL, card TEXT NOT NULL, entry TEXT NOT NULL, txn TEXT NOT NULL,
+    amount_minor INTEGER, outcome TEXT NOT NULL, rc TEXT, stan TEXT, auth_code TEXT, rrn TEXT,
+    pan_masked TEXT, result_json TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_cycle ON events(cycle_id);
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, mono_ns);
 CREATE INDEX IF NOT EXISTS cycles_run ON cycles(run_id, terminal, n);
@@ -173,6 +180,19 @@ class Store:
                 "UPDATE cycles SET state=?, end_mono_ns=?, end_wall_ns=?, result_json=? "
                 "WHERE id=? AND state='started'",
                 (state, st.mono_ns, st.wall_ns, _json(result), cycle_id),
+            )
+            self.commit()
+
+    def add_sale(self, run_id: int, cycle_id: int, sale: Mapping[str, Any]) -> None:
+        """One sale's outcome and figures (``sale`` holds masked data only)."""
+        cols = ("terminal", "card", "entry", "txn", "amount_minor", "outcome", "rc", "stan",
+                "auth_code", "rrn", "pan_masked")
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                f"INSERT INTO sales (run_id, cycle_id, {', '.join(cols)}, result_json)"
+                f" VALUES (?, ?, {', '.join('?' * len(cols))}, ?)",
+                (run_id, cycle_id, *(sale.get(c) for c in cols), _json(dict(sale))),
             )
             self.commit()
 

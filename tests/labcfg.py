@@ -26,16 +26,22 @@ def virtual_config(tmp_path: Path, **sim_overrides: Any) -> LabConfig:
     """
     base = load_lab(VIRTUAL_YAML)
     host = f"127.0.0.1:{free_port()}"
-    psu_port = free_port()
+    psu_port, grbl_port = free_port(), free_port()
+    instruments: dict[str, Any] = {}
+    for name, inst in base.instruments.items():
+        if inst.kind == "psu":
+            instruments[name] = {"resource": f"TCPIP0::127.0.0.1::{psu_port}::SOCKET"}
+        elif inst.kind == "robot":
+            instruments[name] = {"port": f"socket://127.0.0.1:{grbl_port}"}
     over: dict[str, Any] = {
-        "instruments": {name: {"resource": f"TCPIP0::127.0.0.1::{psu_port}::SOCKET"}
-                        for name, inst in base.instruments.items() if inst.kind == "psu"},
+        "instruments": instruments,
         "host": {"listen": host},
         "terminals": {name: {"console": f"socket://127.0.0.1:{free_port()}",
                              "ecr": f"socket://127.0.0.1:{free_port()}",
                              "host_path": host}
                       for name in base.terminals},
-        "sim": {"psu_listen": f"127.0.0.1:{psu_port}", "time_scale": 0.05,
+        "sim": {"psu_listen": f"127.0.0.1:{psu_port}", "grbl_listen": f"127.0.0.1:{grbl_port}",
+                "time_scale": 0.05,
                 "truth_journal": str(tmp_path / "truth.jsonl"), **sim_overrides},
     }
     return load_lab(VIRTUAL_YAML, overrides=over)

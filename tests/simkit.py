@@ -1,4 +1,4 @@
-"""Test kit for the virtual lab: a tiny fake CUP host and raw SCPI / line clients."""
+"""Test kit for the virtual lab: a tiny fake CUP host, raw SCPI / line / G-code clients."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ import time
 from datetime import datetime
 from typing import Any
 
-from rig.config import LabConfig
-from rig.iso8583 import cup, encode_field62, frame, generate_working_keys, get_dialect, read_frame
+from rig.config import LabConfig, Point
+from rig.iso8583 import (
+    cup,
+    cup_txn,
+    encode_field62,
+    frame,
+    generate_working_keys,
+    get_dialect,
+    read_frame,
+)
 
 CUP = get_dialect("cup")
 
@@ -21,12 +29,21 @@ def hostport(text: str) -> tuple[str, int]:
 
 
 class FakeHost:
-    """A plain-socket CUP host: ``mode`` ok (answer with ``rc``), badkcv (keys under a wrong TMK), silent."""
+    """A plain-socket CUP host: ``mode`` ok (answer with ``rc``), badkcv (keys under a wrong TMK), silent.
 
-    def __init__(self, cfg: LabConfig, mode: str = "ok", rc: str = "00") -> None:
-        self.cfg, self.mode, self.rc = cfg, mode, rc
+    Financial requests (0100/0200/0400/0500) are answered with a valid MAC under the
+    terminal's session MAK, after ``delay_s``; ``script`` holds what to do with the next ones
+    (popped in order, then ``ok``): ``ok``, ``silent`` (no answer), ``badmac`` or an rc such as
+    ``51`` / ``A0`` (A0 without a MAC). ``txns`` keeps (request, its MAC was valid) pairs.
+    """
+
+    def __init__(self, cfg: LabConfig, mode: str = "ok", rc: str = "00", delay_s: float = 0.003) -> None:
+        self.cfg, self.mode, self.rc, self.delay_s = cfg, mode, rc, delay_s
         self.requests: list[dict[str, Any]] = []
+        self.txns: list[tuple[dict[str, Any], bool]] = []
+        self.script: list[str] = []
         self.keys: dict[str, Any] = {}
+        self._n = 0
         self._tmk = {t.terminal_id: bytes.fromhex(t.tmk) for t in cfg.terminals.values()}
         self._sock = socket.create_server(hostport(cfg.host.listen))
         self._sock.settimeout(0.1)
@@ -59,11 +76,16 @@ class FakeHost:
 
             try:
                 while True:
-                    req = CUP.decode(read_frame(read_exactly))
+                    body = read_frame(read_exactly)
+                    req = CUP.decode(body)
                     self.requests.append(req)
-                    if self.mode == "silent":
-                        continue
-                    conn.sendall(frame(CUP.encode(self.reply(req))))
+                    if req["t"] in cup_txn.FINANCIAL_MTIS:
+                        reply = self._financial(req, body)
+                    else:
+                        reply = None if self.mode == "silent" else CUP.encode(self.reply(req))
+                    if reply is not None:
+                        time.sleep(self.delay_s)
+                        conn.sendall(frame(reply))
             except Exception:
                 return
 
@@ -77,6 +99,26 @@ class FakeHost:
         f62 = encode_field62(tmk, keys, mode)
         return cup.signon_response(req, rc=self.rc, field62=f62, rrn="000000000001",
                                    when=datetime.now())
+
+    def _financial(self, req: dict[str, Any], body: bytes) -> bytes | None:
+        keys = self.keys[req["41"]]
+        self.txns.append((req, CUP.verify_mac(body, keys.mak8)))
+        what = self.script.pop(0) if self.script else "ok"
+        if what == "silent":
+            return None
+        self._n += 1
+        rc = "00" if what in ("ok", "badmac") else what
+        when, rrn = datetime.now(), f"{self._n:012d}"
+        if req["t"] == "0500":
+            rsp = cup_txn.settlement_response(req, balanced=True, rrn=rrn, when=when)
+        else:
+            balance = 12345 if cup_txn.txn_kind(req) == "balance" else None
+            rsp = cup_txn.txn_response(req, rc=rc, rrn=rrn, when=when, auth_code=f"{self._n:06d}",
+                                       balance_minor=balance)
+        if rc == "A0":
+            return CUP.encode(rsp)
+        out = CUP.encode(rsp, mak=keys.mak8)
+        return out[:-1] + bytes([out[-1] ^ 1]) if what == "badmac" else out
 
     def close(self) -> None:
         self._stop.set()
@@ -159,3 +201,83 @@ class Scpi:
     def close(self) -> None:
         self.f.close()
         self.sock.close()
+
+
+class Grbl:
+    """A raw G-code client of the GRBL sim: one line, one ``ok`` / ``error:N``."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.create_connection(hostport(address), timeout=10)
+        self.f = self.sock.makefile("rb")
+        assert self._line().startswith("Grbl 1.1")
+
+    def _line(self) -> str:
+        while True:
+            line = self.f.readline().decode().strip()
+            if line:
+                return line
+
+    def send(self, line: str) -> str:
+        self.sock.sendall(line.encode() + b"\n")
+        while True:
+            reply = self._line()
+            if reply == "ok" or reply.startswith(("error:", "ALARM:")):
+                return reply
+
+    def run(self, *lines: str) -> None:
+        for line in lines:
+            assert self.send(line) == "ok", line
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+
+class CardMoves:
+    """The card moves of ``rig.drivers.robot`` in raw G-code, on the lab's layout; every move
+    returns once the motion is complete (``G4 P0``)."""
+
+    def __init__(self, grbl: Grbl, cfg: LabConfig, feed_mm_min: float = 30000) -> None:
+        assert cfg.robot is not None
+        self.g, self.cfg, self.layout, self.feed = grbl, cfg, cfg.robot, feed_mm_min
+
+    def _travel(self, p: Point) -> None:
+        z = self.layout.safe_z
+        self.g.run(f"G0 Z{z}", f"G0 X{p.x} Y{p.y}", f"G1 Z{p.z} F{self.feed}")
+
+    def _up(self) -> None:
+        self.g.run(f"G0 Z{self.layout.safe_z}", "G4 P0")
+
+    def pick(self, slot: int) -> None:
+        self._travel(self.layout.slot_point(slot))
+        self.g.run("M8")
+        self._up()
+
+    def give_back(self, slot: int) -> None:
+        self._travel(self.layout.slot_point(slot))
+        self.g.run("M9")
+        self._up()
+
+    def insert(self, terminal: str) -> None:
+        self._travel(self._st(terminal).chip)
+        self.g.run("G4 P0")
+
+    def withdraw(self) -> None:
+        self._up()
+
+    def swipe(self, terminal: str, speed_mm_s: float) -> None:
+        st = self._st(terminal)
+        self._travel(st.swipe_start)
+        e = st.swipe_end
+        self.g.run(f"G1 X{e.x} Y{e.y} Z{e.z} F{speed_mm_s * 60}")
+        self._up()
+
+    def tap(self, terminal: str, dwell_ms: float) -> None:
+        self._travel(self._st(terminal).nfc)
+        self.g.run(f"G4 P{dwell_ms / 1000:.3f}")
+        self._up()
+
+    def _st(self, terminal: str) -> Any:
+        st = self.cfg.terminals[terminal].stations
+        assert st is not None
+        return st

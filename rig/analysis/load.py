@@ -18,6 +18,7 @@ class RunData:
     run: dict[str, Any]
     cycles: pd.DataFrame  # one row per cycle: terminal, n, state, ok, figures…
     events: pd.DataFrame  # seq, cycle_id, mono_ns, wall_ns, kind, source, terminal, clock, data
+    sales: pd.DataFrame  # one row per sale: terminal, card, entry, outcome, rc, figures…
 
     @property
     def signons(self) -> pd.DataFrame:
@@ -66,6 +67,11 @@ def load_run(db: str | Path, run_id: int | None = None, events: bool = True) -> 
             pd.DataFrame())
         if events:
             ev["data"] = [json.loads(d) for d in ev.pop("data_json")]
-        return RunData(run=run, cycles=cycles, events=ev)
+        sales = pd.read_sql_query(
+            "SELECT cycle_id, result_json FROM sales WHERE run_id=? ORDER BY id", con,
+            params=(run_id,))
+        sales = pd.DataFrame([{"cycle_id": c, **json.loads(r)} for c, r in
+                              zip(sales["cycle_id"], sales["result_json"], strict=True)])
+        return RunData(run=run, cycles=cycles, events=ev, sales=sales)
     finally:
         con.close()

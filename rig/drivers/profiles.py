@@ -37,6 +37,12 @@ PROFILES: dict[str, TerminalProfile] = {
         (r"^\d+ \w+ SIGNON ok", EventKind.SIGNON_OK),
         (r"^\d+ \w+ SIGNON (fail|giveup)", EventKind.SIGNON_FAIL),
         (r"^\d+ \w+ READY", EventKind.READY),
+        (r"^\d+ \w+ SALE start", EventKind.SALE_START),
+        (r"^\d+ \w+ CARD wait", EventKind.CARD_WAIT),
+        (r"^\d+ \w+ CARD read", EventKind.CARD_READ),
+        (r"^\d+ \w+ CARD fail", EventKind.CARD_FAIL),
+        (r"^\d+ \w+ RESULT ", EventKind.AUTH_RESULT),
+        (r"^\d+ \w+ REVERSAL ", EventKind.REVERSAL),
     ),
 }
 

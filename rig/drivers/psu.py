@@ -23,11 +23,14 @@ from pyvisa import constants
 from pyvisa.errors import Error as VisaError
 from pyvisa.errors import VisaIOError
 
-from ..clock import Stamp, now
+from ..clock import ClockSource, Stamp, WallToMono, now
 from ..config import PsuConfig
 from ..errors import InstrumentError, LimitError, TestError
 from ..events import Event, EventKind, Sink
+from ..netstamp import StampingSocket
 from .psu_dialects import DIALECTS, PsuDialect
+
+_W2M = WallToMono()
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class PsuDriver:
         self._sink = sink
         self._opener = opener or self._open_resource
         self._lock = threading.RLock()
+        self._stamper: StampingSocket | None = None
+        self.last_clock = ClockSource.THREAD  # who stamped the last reply
         self._res: VisaResource | None = None
 
     @property
@@ -123,6 +128,7 @@ class PsuDriver:
             self.cfg.resource, read_termination="\n", write_termination="\n", timeout=ms,
             open_timeout=ms)
         _disable_nagle(res)
+        self._stamper = _install_stamping(res)
         return cast(VisaResource, res)
 
     def _connect(self) -> None:
@@ -157,10 +163,16 @@ class PsuDriver:
                 try:
                     for line in lines:
                         res.write(line)
+                        if self._stamper is not None:
+                            self._stamper.take()  # forget anything older than this reply
                         reply = res.read() if _is_query(line) else None
-                        stamp = now()
+                        stamp, clock = now(), ClockSource.THREAD
+                        kernel = self._stamper.take() if self._stamper and reply else None
+                        if kernel is not None:  # the reply's last segment, per the kernel
+                            stamp, clock = Stamp(kernel.mono_ns, kernel.wall_ns), kernel.clock
+                        self.last_clock = clock
                         self._sink.record(Event.at(stamp, EventKind.PSU_IO, self.name,
-                                                   cmd=line, reply=reply))
+                                                   clock=clock, cmd=line, reply=reply))
                         log.debug("%s: %r -> %r", self.name, line, reply)
                         out.append((reply, stamp))
                     return out
@@ -305,6 +317,23 @@ class PsuDriver:
 def _is_query(line: str) -> bool:
     """Whether any program message unit of the line is a query (so a reply line comes)."""
     return any(unit.split(None, 1)[0].endswith("?") for unit in line.split(";") if unit.strip())
+
+
+def _install_stamping(res: Any) -> StampingSocket | None:
+    """Swap a pyvisa-py SOCKET session's socket for a kernel-stamping wrapper (DESIGN §4);
+    other backends and fakes are left alone (their replies get thread stamps)."""
+    try:
+        session = res.visalib.sessions[res.session]
+        sock = session.interface
+    except Exception:
+        return None
+    if isinstance(sock, StampingSocket):
+        return sock
+    if not isinstance(sock, socket.socket):
+        return None
+    wrapped = StampingSocket(sock, _W2M)
+    session.interface = wrapped
+    return wrapped
 
 
 def _disable_nagle(res: Any) -> None:

@@ -1,7 +1,11 @@
-"""The rig's acquirer host (controller side): answers terminals' ISO 8583 network messages."""
+"""The rig's acquirer host (controller side): answers terminals' ISO 8583 network and
+financial messages."""
 
+from .accounts import Accounts, Ledger, TxnRecord
 from .rules import ResponseRules
 from .server import AcquirerHost
 from .state import HostState, HostStates
+from .txn import TxnOutcome, TxnProcessor
 
-__all__ = ["AcquirerHost", "HostState", "HostStates", "ResponseRules"]
+__all__ = ["Accounts", "AcquirerHost", "HostState", "HostStates", "Ledger", "ResponseRules",
+           "TxnOutcome", "TxnProcessor", "TxnRecord"]

@@ -20,10 +20,12 @@ from rig.events import Sink
 from rig.iso8583 import get_dialect
 from rig.iso8583.framing import MAX_FRAME
 
-from ..netstamp import enable_rx_timestamps
+from ..netstamp import enable_rx_timestamps, enable_tx_timestamps
+from .accounts import Accounts, Ledger
 from .rules import ResponseRules
 from .session import HostContext, Session
 from .state import HostStates
+from .txn import TxnProcessor
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ def _peer_text(addr: tuple[object, ...]) -> str:
 
 
 class AcquirerHost:
-    """Answers sign-on, sign-off and echo requests of the lab's terminals, recording events.
+    """Answers sign-on, sign-off, echo and (CUP) financial requests of the lab's terminals,
+    recording events. Balances (:attr:`accounts`) and the :attr:`ledger` live as long as it.
 
     ``listen`` overrides ``cfg.host.listen`` (``"127.0.0.1:0"`` picks a free port; see
     :attr:`address`). Use as a context manager or call :meth:`start` / :meth:`stop`.
@@ -62,6 +65,13 @@ class AcquirerHost:
         self.states = HostStates()
         self._stopping = threading.Event()
         self._rrn = itertools.count(1)
+        self.accounts = Accounts.from_dir(cfg.host.cards_dir)
+        self.ledger = Ledger()
+        if not len(self.accounts):
+            log.warning("host: no card profiles in %s; every card gets 14", cfg.host.cards_dir)
+        self.txn = (TxnProcessor(self.dialect, self.states, self.rules, self.accounts,
+                                 self.ledger, self._next_rrn)
+                    if self.dialect.name == "cup" else None)
         self._ctx = HostContext(
             dialect=self.dialect, sink=sink, rules=self.rules, states=self.states,
             mapper=WallToMono(),
@@ -69,6 +79,7 @@ class AcquirerHost:
                        for name, t in cfg.terminals.items()},
             idle_timeout_s=cfg.host.read_timeout_s, frame_timeout_s=cfg.host.read_timeout_s,
             max_frame=max_frame, stopping=self._stopping, next_rrn=self._next_rrn,
+            txn=self.txn,
         )
         self._lock = threading.Lock()
         self._lsock: socket.socket | None = None
@@ -183,6 +194,7 @@ class AcquirerHost:
 
     def _serve(self, sock: socket.socket, peer: str, accepted: Stamp) -> None:
         enable_rx_timestamps(sock)
+        enable_tx_timestamps(sock)  # responses get the kernel's transmit stamp
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn_id = next(self._ids)
         thread = threading.Thread(target=self._run_session, args=(conn_id, sock, peer, accepted),

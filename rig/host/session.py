@@ -1,4 +1,5 @@
-"""One terminal connection to the acquirer host: read frames, answer network messages, record.
+"""One terminal connection to the acquirer host: read frames, answer network and (CUP)
+financial messages (decided by :mod:`rig.host.txn`), record.
 
 Runs in its own thread on a blocking socket. Each request is stamped with the kernel receive
 time of its last TCP segment (see :mod:`rig.host.timestamps`); each response right after
@@ -18,20 +19,21 @@ from typing import Any, NoReturn
 from rig.clock import ClockSource, Stamp, WallToMono, now
 from rig.errors import ProtocolError
 from rig.events import Event, EventKind, Sink
+from rig.iso8583.cup_txn import FINANCIAL_MTIS, check_financial
 from rig.iso8583.dialects import Dialect, Message
 from rig.iso8583.framing import ConnectionClosed, frame, read_frame
 from rig.iso8583.keys import encode_field62, generate_working_keys
 from rig.redact import redact_text
 
-from ..netstamp import RxStamp, StampedReader
+from ..netstamp import RxStamp, StampedReader, send_stamped
 from . import responses
 from .rules import APPROVED, ResponseRules
 from .state import HostStates
+from .txn import RC_INVALID_MERCHANT, TxnProcessor, request_event
 
 log = logging.getLogger(__name__)
 
 SOURCE = "host"
-RC_INVALID_MERCHANT = "03"  # CUP: invalid merchant / terminal
 NO_TIMESTAMP = "thread: no kernel receive timestamp"
 
 
@@ -56,6 +58,7 @@ class HostContext:
     max_frame: int
     stopping: threading.Event
     next_rrn: Callable[[], str]
+    txn: TxnProcessor | None = None  # financial requests (CUP only)
 
 
 class _Close(Exception):
@@ -131,7 +134,7 @@ class Session:
                 log.warning("%s decode raised %s (not ProtocolError)",
                             self.ctx.dialect.name, type(e).__name__)
             self._protocol_error(f"undecodable {len(body)}-byte message: {e}", length=len(body))
-        self._dispatch(msg, rx, len(body))
+        self._dispatch(msg, rx, body)
 
     def _protocol_error(self, error: str, length: int | None = None,
                         mti: str | None = None) -> NoReturn:
@@ -145,9 +148,12 @@ class Session:
         raise _Close("protocol error")
 
     # --- dispatch -------------------------------------------------------------------------
-    def _dispatch(self, msg: Message, rx: RxStamp, length: int) -> None:
+    def _dispatch(self, msg: Message, rx: RxStamp, body: bytes) -> None:
         mti = str(msg.get("t", "")) or None
         try:
+            if self.ctx.txn is not None and mti in FINANCIAL_MTIS:
+                self._financial(self.ctx.txn, msg, rx, body)
+                return
             kind = responses.classify(self.ctx.dialect, msg)
             if kind is None:
                 raise ProtocolError(f"unexpected message {mti or '(no MTI)'}")
@@ -158,7 +164,7 @@ class Session:
             else:
                 self._network(msg, rx, kind, terminal[0] if terminal else None)
         except ProtocolError as e:
-            self._protocol_error(str(e), length=length, mti=mti)
+            self._protocol_error(str(e), length=len(body), mti=mti)
 
     def _stamped(self, rx: RxStamp, kind: EventKind, terminal: str | None,
                  **data: object) -> None:
@@ -195,9 +201,8 @@ class Session:
                                      key_mode=key_mode, mono_ns=rx.mono_ns)
             else:
                 ctx.states.signed_off(name)
-        self._send(reply, rx, ctx.rules.processing_delay_s(name))
-        self._record(Event.at(now(), EventKind.SIGNON_RSP, SOURCE, name, peer=self.peer,
-                              rc=rc, stan=stan))
+        tx = self._send(reply, rx, ctx.rules.processing_delay_s(name))
+        self._stamped(tx, EventKind.SIGNON_RSP, name, peer=self.peer, rc=rc, stan=stan)
 
     def _network(self, msg: Message, rx: RxStamp, kind: str, name: str | None) -> None:
         ctx = self.ctx
@@ -209,20 +214,36 @@ class Session:
         reply = responses.network_response(ctx.dialect, msg, rc=rc, rrn=ctx.next_rrn())
         if kind == "signoff" and name is not None and rc == APPROVED:
             ctx.states.signed_off(name)
-        self._send(reply, rx, ctx.rules.processing_delay_s(name))
-        self._record(Event.at(now(), EventKind.NET_RSP, SOURCE, name, peer=self.peer,
-                              mti=str(reply.get("t")), rc=rc, stan=stan, code=code))
+        tx = self._send(reply, rx, ctx.rules.processing_delay_s(name))
+        self._stamped(tx, EventKind.NET_RSP, name, peer=self.peer, mti=str(reply.get("t")),
+                      rc=rc, stan=stan, code=code)
+
+    def _financial(self, txn: TxnProcessor, msg: Message, rx: RxStamp, body: bytes) -> None:
+        """0100 / 0200 / 0400 / 0500: request event (kernel stamp), answer, response event."""
+        tid = str(msg.get("41", "")).strip()
+        terminal = self.ctx.terminals.get(tid)
+        name = terminal[0] if terminal else None
+        check_financial(msg)  # malformed: a protocol error, like a bad 08x0
+        kind, data = request_event(msg)
+        self._stamped(rx, kind, name, terminal_id=tid, **data)
+        outcome = txn.handle(msg, body, name)
+        tx = self._send(outcome.reply, rx, self.ctx.rules.processing_delay_s(name),
+                        mak=outcome.mak)
+        self._stamped(tx, outcome.event, name, peer=self.peer, **outcome.data)
 
     # --- I/O --------------------------------------------------------------------------------
-    def _send(self, reply: Message, rx: RxStamp, delay_s: float) -> None:
-        """Encode, wait until ``delay_s`` after the request arrived, send the whole frame."""
-        data = frame(self.ctx.dialect.encode(reply))
+    def _send(self, reply: Message, rx: RxStamp, delay_s: float,
+              mak: bytes | None = None) -> RxStamp:
+        """Encode (MAC'd under ``mak`` if given), wait until ``delay_s`` after the request
+        arrived, send the whole frame; returns the kernel's transmit stamp (thread stamp
+        after ``sendall`` where TX stamping is unavailable)."""
+        data = frame(self.ctx.dialect.encode(reply, mak=mak))
         wait_s = (rx.mono_ns + int(delay_s * 1e9) - time.monotonic_ns()) / 1e9
         if wait_s > 0 and self.ctx.stopping.wait(wait_s):
             raise _Close("host stopped")
         try:
             self.sock.settimeout(self.ctx.frame_timeout_s)
-            self.sock.sendall(data)
+            return send_stamped(self.sock, data, self.ctx.mapper)
         except OSError as e:
             raise _Close(f"send failed: {e.strerror or e}") from None
 

@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    lab = VirtualLab(cfg, journal_path=args.journal)
+    try:
+        lab = VirtualLab(cfg, journal_path=args.journal)
+    except ConfigError as e:  # e.g. a magazine slot naming an unknown card profile
+        print(str(e), file=sys.stderr)
+        return 2
     stop = threading.Event()
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

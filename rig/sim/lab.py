@@ -1,10 +1,13 @@
-"""VirtualLab: the SCPI power supply and the virtual terminals of one lab on one asyncio loop.
+"""VirtualLab: the SCPI power supply, the GRBL card robot, the card world and the virtual
+terminals of one lab on one asyncio loop.
 
 The loop runs in its own thread (``start()`` / ``stop()``) or in the foreground (``run()``,
 until SIGINT / SIGTERM). The truth journal is appended to; each run is framed by entries
 ``lab_start`` / ``lab_stop`` (``terminal`` null), so readers can tell runs apart.
 PSU channel N powers every terminal whose ``power`` names a PSU and channel N (several
-terminals on one channel share it and their currents add up).
+terminals on one channel share it and their currents add up). With a ``robot:`` layout (and
+its robot instrument) the lab serves a GRBL robot on ``sim.grbl_listen`` whose moves drive the
+:class:`CardWorld`, which hands card events to the terminals with ``stations``.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import Any, TypeVar
 
 from ..config import LabConfig
 from ..errors import InfrastructureError
+from .grbl import GrblServer
 from .journal import TruthJournal
 from .lines import parse_hostport
 from .psu import ScpiPsuServer
 from .terminal import VirtualTerminal
+from .world import CardWorld
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +63,17 @@ class VirtualLab:
                 self._by_channel.setdefault(t.power.channel, []).append(self.terminals[name])
         self.psu = ScpiPsuServer(channels=sim.psu_channels, model=sim.psu_model,
                                  on_power=self._on_power, load=self._load)
+        self.world: CardWorld | None = None
+        self.grbl: GrblServer | None = None
+        layout = cfg.robot
+        if layout is not None and getattr(cfg.instruments.get(layout.instrument), "kind", None) == "robot":
+            stations = {n: t.stations for n, t in cfg.terminals.items() if t.stations is not None}
+            self.world = CardWorld(layout, sim, stations, self.journal)
+            self.grbl = GrblServer(max_feed_mm_min=sim.robot_max_feed_mm_min,
+                                   on_segment=self.world.on_segment, on_gripper=self.world.on_gripper)
+            for name in stations:
+                self.terminals[name].world = self.world
+                self.world.attach(name, self.terminals[name].card_event)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -74,8 +90,10 @@ class VirtualLab:
         return sum(t.load() for t in self._by_channel.get(channel, ()))
 
     def addresses(self) -> dict[str, str]:
-        """Where everything listens: ``{"psu": "h:p", "T1.console": "h:p", "T1.ecr": ...}``."""
+        """Where everything listens: ``{"psu": "h:p", "robot": "h:p", "T1.console": "h:p", ...}``."""
         out = {"psu": f"{parse_hostport(self.cfg.sim.psu_listen)[0]}:{self.psu.port}"}
+        if self.grbl is not None:
+            out["robot"] = f"{parse_hostport(self.cfg.sim.grbl_listen)[0]}:{self.grbl.port}"
         for name, t in self.terminals.items():
             for kind, srv in (("console", t.console), ("ecr", t.ecr)):
                 if srv.address:
@@ -95,6 +113,8 @@ class VirtualLab:
     async def _astart(self) -> None:
         host, port = parse_hostport(self.cfg.sim.psu_listen)
         await self.psu.start(host, port)
+        if self.grbl is not None:
+            await self.grbl.start(*parse_hostport(self.cfg.sim.grbl_listen))
         for t in self.terminals.values():
             await t.start()
 
@@ -108,6 +128,11 @@ class VirtualLab:
             await self.psu.stop()
         except Exception:
             log.exception("stopping the PSU server")
+        if self.grbl is not None:
+            try:
+                await self.grbl.stop()
+            except Exception:
+                log.exception("stopping the GRBL server")
 
     def start(self, timeout_s: float = 10.0) -> VirtualLab:
         """Start the loop thread; returns once every server listens (raises if one cannot)."""

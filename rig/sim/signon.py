@@ -1,14 +1,14 @@
 """One sign-on exchange of a virtual terminal: connect, send 0800, read 0810, check keys.
 
-Every I/O boundary is reported through ``on_io(what, stamp, data)`` with the stamp taken
-right after the call returned (connect, write + drain, frame read), so the caller can write
-its truth journal without re-stamping.
+Every I/O boundary is reported through ``on_io(what, stamp, data)``: connect and send are
+stamped right after the call returned, the 0810 with the kernel receive stamp of its last
+segment (``clock: "kernel"`` in its data; see :mod:`rig.sim.hostlink`), so the caller can
+write its truth journal without re-stamping.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from typing import Any
 from ..clock import Stamp, now
 from ..errors import ProtocolError
 from ..iso8583 import framing, get_dialect, keys
+from .hostlink import HostLink
 
 log = logging.getLogger(__name__)
 
@@ -46,47 +47,35 @@ async def exchange(host: str, port: int, request: dict[str, Any], *, tmk: bytes,
     dialect = get_dialect("cup")
     stan = str(request.get("11", ""))
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        link = await asyncio.wait_for(HostLink.open(host, port), timeout_s)
     except TimeoutError:
         return SignonOutcome(False, RC_NO_RESPONSE, "timeout", detail="connect timed out")
     except OSError as e:
         return SignonOutcome(False, RC_NO_CONNECTION, "refused", detail=str(e))
-    peer = f"{host}:{port}"
-    local = writer.get_extra_info("sockname")
-    on_io("host_connect", now(), {"peer": peer, "local": f"{local[0]}:{local[1]}"})
+    on_io("host_connect", now(), {"peer": link.peer, "local": link.local})
     try:
-        writer.write(framing.frame(dialect.encode(request)))
-        await writer.drain()
-        on_io("signon_req_sent", now(), {"stan": stan, "key_mode": key_mode})
+        sent = await link.send(framing.frame(dialect.encode(request)))
+        on_io("signon_req_sent", sent, {"stan": stan, "key_mode": key_mode})
         try:
-            body = await asyncio.wait_for(_read_reply(reader), timeout_s)
+            rx = await asyncio.wait_for(link.read_frame(), timeout_s)
         except TimeoutError:
             return SignonOutcome(False, RC_NO_RESPONSE, "timeout", detail="no 0810 in time")
         except framing.ConnectionClosed:
             return SignonOutcome(False, RC_NO_RESPONSE, "closed", detail="host closed the connection")
-        stamp = now()
         try:
-            rsp = dialect.decode(body)
+            rsp = dialect.decode(rx.body)
         except ProtocolError as e:
-            on_io("signon_rsp_received", stamp, {"stan": stan, "rc": None, "error": str(e)})
+            on_io("signon_rsp_received", rx.stamp,
+                  {"stan": stan, "rc": None, "error": str(e), "clock": rx.clock})
             return SignonOutcome(False, RC_PROTOCOL, "protocol", detail=str(e))
         rc = str(rsp.get("39", "")).strip()
-        on_io("signon_rsp_received", stamp, {"stan": str(rsp.get("11", "")), "rc": rc})
+        on_io("signon_rsp_received", rx.stamp, {"stan": str(rsp.get("11", "")), "rc": rc, "clock": rx.clock})
         return _check(rsp, rc, stan, tmk, key_mode)
     except (ProtocolError, OSError) as e:
         return SignonOutcome(False, RC_PROTOCOL if isinstance(e, ProtocolError) else RC_NO_RESPONSE,
                              "protocol" if isinstance(e, ProtocolError) else "closed", detail=str(e))
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-
-async def _read_reply(reader: asyncio.StreamReader) -> bytes:
-    while True:
-        body = await framing.read_frame_async(reader)
-        if body:  # skip zero-length keep-alive frames
-            return body
+        link.close()
 
 
 def _check(rsp: dict[str, Any], rc: str, stan: str, tmk: bytes, key_mode: str) -> SignonOutcome:

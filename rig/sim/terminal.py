@@ -1,11 +1,13 @@
-"""A virtual POS terminal: power -> boot -> operator login -> clock sync -> sign-on -> READY.
+"""A virtual POS terminal: power -> boot -> operator login -> clock sync -> sign-on -> READY -> sales.
 
 It lives on the lab's asyncio loop. Its console and ECR ports are TCP line servers that
 listen whether or not it has power (like USB-serial adapters). Every simulated delay is
 drawn from the configured distribution and multiplied by ``sim.time_scale`` (back-offs too).
 The sign-on timeout is not scaled: it bounds how long the terminal tolerates the outside world
 (network, host, fault proxy), which runs in real time. Every step is written to the truth
-journal, stamped right after the I/O call returned.
+journal, stamped right after the I/O call returned (host replies: the kernel's receive stamp).
+Card transactions (ECR ``SALE`` ...) live in :mod:`rig.sim.sale`; card events come from the
+lab's :class:`rig.sim.world.CardWorld`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ..iso8583.keys import WorkingKeys
 from . import signon
 from .journal import TruthJournal
 from .lines import LineServer, parse_hostport, parse_socket_url
+from .sale import COMMANDS, Transactions
+from .world import CardEvent, CardWorld
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,14 @@ class VirtualTerminal:
         self.stan = 0  # last STAN used (kept across power cycles, like a terminal's NVRAM)
         self.batch = 1
         self._tmk = bytes.fromhex(tcfg.tmk)
-        self._host = parse_hostport(tcfg.host_path)
+        self.host_addr = parse_hostport(tcfg.host_path)
         self._task: asyncio.Task[None] | None = None
         self._login = asyncio.Event()
         self._boot_ns = 0
         self.console = LineServer(f"{name} console")
         self.ecr = LineServer(f"{name} ecr", self._on_ecr)
+        self.world: CardWorld | None = None  # set by the lab when it has a card robot
+        self.txns = Transactions(self)
 
     # --- lifecycle of the servers -------------------------------------------------------------
     async def start(self) -> None:
@@ -72,6 +78,7 @@ class VirtualTerminal:
     async def stop(self) -> None:
         """Stop the simulation and close the ports (no journal entry: the lab went away)."""
         self.state = TerminalState.OFF
+        self.txns.power_off()
         await self._cancel()
         await self.console.stop()
         await self.ecr.stop()
@@ -91,6 +98,7 @@ class VirtualTerminal:
             self._spawn(self._life())
         else:
             self.state = TerminalState.OFF
+            self.txns.power_off()
             self.journal.record(self.name, "power_off", stamp, volts=volts,
                                 reason="output off" if not on else "brownout")
             if self._task is not None:
@@ -103,55 +111,74 @@ class VirtualTerminal:
             return 0.0
         if self.state is TerminalState.BOOTING:
             return self.sim.boot_current_a
-        return self.sim.idle_current_a
+        return self.sim.txn_current_a if self.txns.busy else self.sim.idle_current_a
+
+    @property
+    def ready(self) -> bool:
+        return self.state is TerminalState.READY
+
+    def card_event(self, ev: CardEvent) -> None:
+        """The world saw a card inserted / removed / swiped / tapped here."""
+        if self.state is not TerminalState.OFF:
+            self.txns.card_event(ev)
+
+    def next_stan(self) -> str:
+        """The next STAN (1..999999, then 1 again), as 6 digits."""
+        self.stan = self.stan % 999_999 + 1
+        return f"{self.stan:06d}"
+
+    def sign_on_again(self) -> None:
+        """Start a fresh sign-on (after a MAC error), unless off or already signing on."""
+        if self.state not in (TerminalState.OFF, TerminalState.SIGNON):
+            self.state = TerminalState.SIGNON
+            self._spawn(self._signon())
 
     # --- the terminal's life after power on -----------------------------------------------------
     async def _life(self) -> None:
         await self._sleep(self.sim.boot)
         self.state = TerminalState.LOGIN
-        self._say("INFO", "BOOT done", what="boot_done")
+        self.say("INFO", "BOOT done", what="boot_done")
         if self.tcfg.auto_login:
             with contextlib.suppress(TimeoutError):  # an ECR LOGIN may come first
-                await asyncio.wait_for(self._login.wait(), self._delay_s(self.sim.login))
+                await asyncio.wait_for(self._login.wait(), self.delay_s(self.sim.login))
         else:
             await self._login.wait()
         op = self.tcfg.operator.id
         self.state = TerminalState.SIGNON
-        self._say("INFO", f"LOGIN ok op={op}", what="login", op=op)
+        self.say("INFO", f"LOGIN ok op={op}", what="login", op=op)
         await self._sleep(self.sim.clock_sync)
-        self._say("INFO", "CLOCK sync", what="clock_sync")
+        self.say("INFO", "CLOCK sync", what="clock_sync")
         await self._signon()
 
     async def _signon(self) -> None:
         attempts = 1 + self.sim.signon_retries
         for n in range(1, attempts + 1):
-            self._say("INFO", f"SIGNON start attempt={n}")
+            self.say("INFO", f"SIGNON start attempt={n}")
             out = await self._attempt()
             if out.ok:
                 self.keys = out.keys
-                self._say("INFO", "SIGNON ok", what="signon_ok", attempt=n, stan=f"{self.stan:06d}")
+                self.say("INFO", "SIGNON ok", what="signon_ok", attempt=n, stan=f"{self.stan:06d}")
                 await self._sleep(self.sim.ready)
                 self.state = TerminalState.READY
-                self._say("INFO", "READY", what="ready")
+                self.say("INFO", "READY", what="ready")
                 return
             log.info("%s: sign-on attempt %d failed: %s (%s)", self.name, n, out.reason, out.detail)
-            self._say("WARN", f"SIGNON fail rc={out.rc} attempt={n}", what="signon_fail",
+            self.say("WARN", f"SIGNON fail rc={out.rc} attempt={n}", what="signon_fail",
                       rc=out.rc, attempt=n, reason=out.reason, detail=out.detail)
             if n < attempts:
                 await self._sleep_ms(self._backoff_ms(n - 1))
         self.state = TerminalState.NOT_SIGNED_ON
         self.keys = None
-        self._say("ERROR", "SIGNON giveup")
+        self.say("ERROR", "SIGNON giveup")
 
     async def _attempt(self) -> signon.SignonOutcome:
-        self.stan = self.stan % 999_999 + 1
         request = cup.signon_request(
-            stan=f"{self.stan:06d}", terminal_id=self.tcfg.terminal_id,
+            stan=self.next_stan(), terminal_id=self.tcfg.terminal_id,
             merchant_id=self.tcfg.merchant_id, batch=f"{self.batch:06d}",
             key_mode=self.tcfg.key_mode, operator=self.tcfg.operator.id)
         try:
             return await signon.exchange(
-                *self._host, request, tmk=self._tmk, key_mode=self.tcfg.key_mode,
+                *self.host_addr, request, tmk=self._tmk, key_mode=self.tcfg.key_mode,
                 timeout_s=self.sim.signon_timeout_ms / 1000.0,
                 on_io=self._journal_io)
         except Exception as e:  # a bug must not kill the terminal silently
@@ -159,6 +186,10 @@ class VirtualTerminal:
             return signon.SignonOutcome(False, signon.RC_PROTOCOL, "error", detail=repr(e))
 
     def _journal_io(self, what: str, stamp: Stamp, data: dict[str, object]) -> None:
+        self.record(what, stamp, **data)
+
+    def record(self, what: str, stamp: Stamp, **data: object) -> None:
+        """Journal an I/O boundary stamped by the caller (nothing while off)."""
         if self.state is not TerminalState.OFF:
             self.journal.record(self.name, what, stamp, **data)
 
@@ -170,7 +201,10 @@ class VirtualTerminal:
         if cmd == "STATUS":
             return f"OK {st}"
         if cmd == "CANCEL":
+            self.txns.cancel()
             return "OK"
+        if cmd in COMMANDS or cmd == "RESULT?":
+            return self.txns.ecr(cmd, parts[1:])
         if cmd == "LOGIN":
             return self._ecr_login(parts[1:])
         if cmd == "SIGNON":
@@ -180,6 +214,8 @@ class VirtualTerminal:
                 return "ERR 03 busy booting"
             if st is TerminalState.LOGIN:
                 return "ERR 12 not logged in"
+            if self.txns.busy:
+                return "ERR 21 busy"
             if st is not TerminalState.SIGNON:  # READY / NOT_SIGNED_ON: sign on again
                 self.state = TerminalState.SIGNON
                 self._spawn(self._signon())
@@ -195,7 +231,7 @@ class VirtualTerminal:
         op = self.tcfg.operator
         if args[0] != op.id or args[1] != op.password:
             if st is TerminalState.LOGIN:
-                self._say("WARN", f"LOGIN fail op={args[0]}")
+                self.say("WARN", f"LOGIN fail op={args[0]}")
             return "ERR 11 bad operator"
         if st is TerminalState.BOOTING:
             return "ERR 03 busy booting"
@@ -221,7 +257,7 @@ class VirtualTerminal:
             with contextlib.suppress(BaseException):
                 await task
 
-    def _say(self, level: str, text: str, what: str | None = None, **data: object) -> None:
+    def say(self, level: str, text: str, what: str | None = None, **data: object) -> None:
         """Write one console line to every client, then journal it (and ``what``, if given)."""
         if self.state is TerminalState.OFF:
             return
@@ -233,11 +269,11 @@ class VirtualTerminal:
         if what is not None:
             self.journal.record(self.name, what, stamp, **data)
 
-    def _delay_s(self, dist: Distribution) -> float:
+    def delay_s(self, dist: Distribution) -> float:
         return dist.draw(self.rng) * self.sim.time_scale / 1000.0
 
     async def _sleep(self, dist: Distribution) -> None:
-        await asyncio.sleep(self._delay_s(dist))
+        await asyncio.sleep(self.delay_s(dist))
 
     async def _sleep_ms(self, ms: float) -> None:
         await asyncio.sleep(ms * self.sim.time_scale / 1000.0)

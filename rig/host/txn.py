@@ -1,0 +1,264 @@
+"""Financial requests at the acquirer host (CUP): sale, balance, void, pre-auth, reversal,
+settlement. No I/O: the session reads, stamps and sends; this module decides the answer.
+
+Order of the checks of a sale / pre-auth / balance / void:
+
+1. field 41 unknown → 03 (no MAC); no signed-on session or a wrong / missing MAC → A0,
+   replied without a MAC and with header follow-up 3 (sign on again);
+2. a financial MTI the rig does not serve (refund 0220, completion…) → 40; a required
+   field missing (11, 60.2, PAN, amount) → 30; amount 0 → 13;
+3. the STAN already used by this terminal in this batch → 94;
+4. an override (``HostConfig.overrides`` / ``ResponseRules.add_override``, first match of
+   terminal, card, amount) forces its rc; a forced 00 skips the card and funds checks
+   (balances still move, possibly below zero);
+5. PAN unknown or ``known_to_host: false`` → 14; expired (field 14 / track 2 as sent, or
+   the profile) → 54; sale / pre-auth over the available balance → 51; void: original not
+   found / another card → 25, other amount → 64, not approved any more → 12;
+6. else 00 with a 6-digit auth code; sale debits, pre-auth holds, void credits the original.
+
+A reversal (0400) is answered 00 whatever it finds (CUP practice, so the terminal clears
+it); it undoes an approved original once. Settlement (0500) is answered 00 with result 1
+(balanced) or 2 in 48, comparing the terminal's totals (domestic + foreign blocks summed)
+with the host's (approved sales of the batch not voided or reversed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from rig.errors import ProtocolError
+from rig.events import EventKind
+from rig.iso8583.cup_txn import (
+    APPROVED,
+    SettlementTotals,
+    TxnKind,
+    amount_of,
+    batch_of,
+    card_expiry,
+    card_pan,
+    original_of,
+    parse_totals,
+    settlement_response,
+    txn_kind,
+    txn_response,
+)
+from rig.iso8583.dialects import Dialect, Message
+from rig.redact import mask_pan
+
+from . import rules as r
+from .accounts import Accounts, Ledger, TxnKey, TxnRecord
+from .state import HostStates
+
+__all__ = ["RC_INVALID_MERCHANT", "TxnOutcome", "TxnProcessor", "request_event"]
+
+RC_INVALID_MERCHANT = "03"
+RC_BAD_ORIGINAL_AMOUNT = "64"
+_SIGN_ON_AGAIN = 3  # header follow-up nibble
+
+
+@dataclass(frozen=True)
+class TxnOutcome:
+    """The reply to send (MAC'd with ``mak`` unless None) and the response event."""
+
+    reply: Message = field(repr=False)
+    mak: bytes | None = field(repr=False)
+    rc: str
+    event: EventKind
+    data: dict[str, object]
+
+
+def _rsp_event(mti: object) -> EventKind:
+    return {"0400": EventKind.REVERSAL_RSP,
+            "0500": EventKind.SETTLE_RSP}.get(str(mti), EventKind.AUTH_RSP)
+
+
+def _masked(msg: Message) -> str | None:
+    pan = card_pan(msg)
+    return mask_pan(pan) if pan else None
+
+
+def request_event(msg: Message) -> tuple[EventKind, dict[str, object]]:
+    """The request event kind and its (redacted) data: never track 2, 52, 55, 62 or keys."""
+    mti = str(msg.get("t"))
+    stan = str(msg.get("11", ""))
+    base: dict[str, object] = {"mti": mti, "stan": stan, "batch": batch_of(msg)}
+    if mti == "0500":
+        data: dict[str, object] = dict(base)
+        try:
+            dom, foreign = parse_totals(str(msg.get("48", "")))
+            total = dom + foreign
+            data.update(debit_count=total.debit_count, debit_minor=total.debit_minor,
+                        credit_count=total.credit_count, credit_minor=total.credit_minor)
+        except ProtocolError:
+            data["totals"] = "invalid"
+        return EventKind.SETTLE_REQ, data
+    data = {**base, "proc": str(msg.get("3", "")), "amount_minor": amount_of(msg),
+            "pan": _masked(msg), "entry": msg.get("22")}
+    if mti == "0400":
+        data["reason"] = msg.get("39")
+        return EventKind.REVERSAL_REQ, data
+    data["txn"] = txn_kind(msg)
+    return EventKind.AUTH_REQ, data
+
+
+class TxnProcessor:
+    """Decides the host's answer to financial requests; one per host (thread-safe)."""
+
+    def __init__(self, dialect: Dialect, states: HostStates, rules: r.ResponseRules,
+                 accounts: Accounts, ledger: Ledger, next_rrn: Callable[[], str], *,
+                 today: Callable[[], date] = date.today,
+                 clock: Callable[[], datetime] = datetime.now) -> None:
+        self.dialect = dialect
+        self.states = states
+        self.rules = rules
+        self.accounts = accounts
+        self.ledger = ledger
+        self.next_rrn = next_rrn
+        self.today = today
+        self.clock = clock
+        self._auth = itertools.count(random.randrange(1, 1_000_000))
+
+    def _auth_code(self) -> str:
+        return f"{next(self._auth) % 1_000_000:06d}"
+
+    def _reply(self, msg: Message, rc: str, mak: bytes | None, *, auth_code: str | None = None,
+               balance_minor: int | None = None, follow_up: int = 0,
+               **data: object) -> TxnOutcome:
+        rrn = self.next_rrn()
+        auth = auth_code if rc == APPROVED else None
+        reply = txn_response(msg, rc=rc, rrn=rrn, when=self.clock(), auth_code=auth,
+                             balance_minor=balance_minor, follow_up=follow_up)
+        return TxnOutcome(reply, mak, rc, _rsp_event(msg.get("t")),
+                          {"mti": reply["t"], "rc": rc, "stan": str(msg.get("11", "")),
+                           "auth_code": auth, "rrn": rrn, **data})
+
+    # --- entry ------------------------------------------------------------------------------
+    def handle(self, msg: Message, body: bytes, terminal: str | None) -> TxnOutcome:
+        """Answer one decoded financial request (``body`` as received, for the MAC)."""
+        if terminal is None:
+            return self._reply(msg, RC_INVALID_MERCHANT, None)
+        state = self.states.get(terminal)
+        keys = state.keys if state.signed_on else None
+        if keys is None or not r.mac_ok(self.dialect, body, keys):
+            why = "not signed on" if keys is None else "bad MAC"
+            return self._reply(msg, r.RC_MAC_ERROR, None, follow_up=_SIGN_ON_AGAIN, error=why)
+        kind = txn_kind(msg)
+        if kind is None:
+            return self._reply(msg, r.RC_NOT_SUPPORTED, keys.mak)
+        if kind == "reversal":
+            return self._reversal(msg, terminal, keys.mak)
+        if kind == "settlement":
+            return self._settlement(msg, terminal, keys.mak)
+        return self._authorize(msg, kind, terminal, keys.mak)
+
+    # --- authorizations -------------------------------------------------------------------
+    def _authorize(self, msg: Message, kind: TxnKind, terminal: str,
+                   mak: bytes) -> TxnOutcome:
+        stan, batch, pan, amount = msg.get("11"), batch_of(msg), card_pan(msg), amount_of(msg)
+        if not stan or batch is None or pan is None or (kind != "balance" and amount is None):
+            return self._reply(msg, r.RC_FORMAT_ERROR, mak, txn=kind)
+        key: TxnKey = (terminal, batch, str(stan))
+        if not self.ledger.claim(key):
+            return self._reply(msg, r.RC_DUPLICATE, mak, txn=kind)
+        card = self.accounts.by_pan(pan)
+        name = card.name if card is not None else None
+        forced = self.rules.txn_rc(terminal, name, amount)
+        original: TxnKey | None = None
+        if forced is not None and forced != APPROVED:
+            rc = forced
+        elif kind != "balance" and not amount:
+            rc = r.RC_BAD_AMOUNT
+        else:
+            rc = None if forced is not None else r.card_rc(card, card_expiry(msg), self.today())
+            if rc is None:
+                rc, original = self._apply(msg, kind, terminal, name, pan, amount or 0,
+                                           force=forced is not None)
+        approved = rc == APPROVED
+        auth_code = self._auth_code() if approved else None
+        balance = (self.accounts.available(name)
+                   if approved and kind == "balance" and name is not None else None)
+        out = self._reply(msg, rc, mak, auth_code=auth_code, balance_minor=balance, txn=kind,
+                          card=name, forced=forced is not None)
+        self.ledger.put(TxnRecord(key, kind, rc, "approved" if approved else "declined",
+                                  name, pan, amount or 0, auth_code, str(out.data["rrn"]),
+                                  original, forced is not None))
+        return out
+
+    def _apply(self, msg: Message, kind: TxnKind, terminal: str, card: str | None, pan: str,
+               amount: int, *, force: bool) -> tuple[str, TxnKey | None]:
+        """Move balances for an authorization that passed the checks: (rc, voided key)."""
+        if kind == "sale":
+            ok = card is None or self.accounts.debit(card, amount, force=force)
+            return (APPROVED if ok else r.RC_INSUFFICIENT), None
+        if kind == "preauth":
+            ok = card is None or self.accounts.hold(card, amount, force=force)
+            return (APPROVED if ok else r.RC_INSUFFICIENT), None
+        if kind == "balance":
+            return APPROVED, None
+        orig = original_of(msg)  # void
+        if orig is None:
+            return r.RC_FORMAT_ERROR, None
+        okey: TxnKey = (terminal, *orig)
+        rec = self.ledger.get(okey)
+        if rec is None or rec.kind != "sale" or rec.pan != pan:
+            return r.RC_NO_ORIGINAL, okey
+        if rec.amount_minor != amount:
+            return RC_BAD_ORIGINAL_AMOUNT, okey
+        if self.ledger.transition(okey, "approved", "voided") is None:
+            return r.RC_INVALID_TXN, okey
+        if rec.card is not None:
+            self.accounts.credit(rec.card, rec.amount_minor)
+        return APPROVED, okey
+
+    # --- reversal and settlement ------------------------------------------------------------
+    def _reversal(self, msg: Message, terminal: str, mak: bytes) -> TxnOutcome:
+        batch, stan = batch_of(msg), msg.get("11")
+        if batch is None or not stan:
+            return self._reply(msg, r.RC_FORMAT_ERROR, mak)
+        key: TxnKey = (terminal, batch, str(stan))
+        rec = self.ledger.get(key)
+        pan = card_pan(msg)
+        if rec is None:
+            outcome = "not_found"
+        elif pan is not None and rec.pan != pan:
+            outcome = "mismatch"
+        elif (done := self.ledger.reverse(key)) is None:
+            outcome = "declined" if rec.status == "declined" else "already"
+        else:
+            self._undo(done)
+            outcome = "reversed"
+        return self._reply(msg, APPROVED, mak, outcome=outcome)
+
+    def _undo(self, rec: TxnRecord) -> None:
+        if rec.kind == "void" and rec.original is not None:
+            self.ledger.transition(rec.original, "voided", "approved")
+        if rec.card is None:
+            return
+        if rec.kind == "sale":
+            self.accounts.credit(rec.card, rec.amount_minor)
+        elif rec.kind == "preauth":
+            self.accounts.release(rec.card, rec.amount_minor)
+        elif rec.kind == "void":
+            self.accounts.debit(rec.card, rec.amount_minor, force=True)
+
+    def _settlement(self, msg: Message, terminal: str, mak: bytes) -> TxnOutcome:
+        batch = batch_of(msg)
+        try:
+            dom, foreign = parse_totals(str(msg.get("48", "")))
+        except ProtocolError:
+            return self._reply(msg, r.RC_FORMAT_ERROR, mak)
+        if batch is None:
+            return self._reply(msg, r.RC_FORMAT_ERROR, mak)
+        host: SettlementTotals = self.ledger.totals(terminal, batch)
+        balanced = dom + foreign == host
+        self.ledger.settle(terminal, batch, balanced)
+        rrn = self.next_rrn()
+        reply = settlement_response(msg, balanced=balanced, rrn=rrn, when=self.clock())
+        return TxnOutcome(reply, mak, APPROVED, EventKind.SETTLE_RSP, {
+            "mti": reply["t"], "rc": APPROVED, "stan": str(msg.get("11", "")), "rrn": rrn,
+            "batch": batch, "result": "1" if balanced else "2",
+            "host_debit_count": host.debit_count, "host_debit_minor": host.debit_minor})

@@ -1,0 +1,132 @@
+"""A sale on a terminal: ECR ``SALE`` → the shared robot presents the card → result.
+
+Kept apart from ``rig.rig`` so the Rig stays small; :meth:`Rig.sale` calls :func:`run_sale`.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+from .analysis.sale_metrics import SaleResult, sale_figures
+from .errors import InfrastructureError, TerminalError, TestError
+from .events import Event, EventKind
+
+if TYPE_CHECKING:
+    from .rig import Rig
+
+log = logging.getLogger(__name__)
+ENTRIES = ("chip", "swipe", "tap")
+TXNS = {"sale": "SALE", "preauth": "PREAUTH"}
+
+
+def to_minor(amount: str | int | float | Decimal) -> int:
+    """``"1.00"`` → 100 (2-decimal currencies such as CNY)."""
+    if isinstance(amount, int):
+        raise TestError(f"amount {amount!r}: give a decimal string like '1.00' (major units)")
+    try:
+        d = Decimal(str(amount))
+    except InvalidOperation:
+        raise TestError(f"amount {amount!r} is not a number") from None
+    if d <= 0 or d != d.quantize(Decimal("0.01")):
+        raise TestError(f"amount {amount!r}: must be positive with at most 2 decimals")
+    return int(d * 100)
+
+
+def run_sale(rig: Rig, terminal: str, *, amount: str, card: str, entry: str, txn: str = "sale",
+             swipe_speed_mm_s: float | None = None, tap_dwell_ms: float | None = None,
+             timeout_s: float = 60.0) -> SaleResult:
+    track = rig._check(terminal)
+    layout, robot = rig.cfg.robot, rig.robot
+    if layout is None or robot is None:
+        raise TestError("this lab has no card robot: add `robot:` and a robot instrument to the "
+                        "lab config")
+    stations = rig.cfg.terminals[terminal].stations
+    if stations is None:
+        raise TestError(f"{terminal}: no `stations:` in the lab config; the robot cannot reach it")
+    if entry not in ENTRIES:
+        raise TestError(f"entry {entry!r}: choose one of {', '.join(ENTRIES)}")
+    if txn not in TXNS:
+        raise TestError(f"txn {txn!r}: choose one of {', '.join(TXNS)}")
+    slot = layout.slot_of(card)
+    if slot is None:
+        raise TestError(f"card {card!r} is not in the robot's magazine "
+                        f"({', '.join(sorted(set(layout.magazine.slots.values())))})")
+    ecr = rig.ecrs.get(terminal)
+    if ecr is None:
+        raise TestError(f"{terminal}: no ECR port configured; a sale is started over ECR")
+    minor = to_minor(amount)
+    speed = swipe_speed_mm_s or layout.swipe_speed_mm_s
+    dwell = layout.tap_dwell_ms if tap_dwell_ms is None else tap_dwell_ms
+    base = {"terminal": terminal, "card": card, "entry": entry, "amount_minor": minor, "txn": txn}
+
+    cycle = rig._begin_cycle(terminal, "sale")
+    outcome: str | None = None
+    error: str | None = None
+    try:
+        try:
+            ecr.command(f"{TXNS[txn]} {minor}")
+        except TerminalError as e:
+            outcome, error = "refused", str(e)
+        if outcome is None and rig._wait_event(track, {EventKind.CARD_WAIT}, 10.0) is None:
+            outcome, error = "failed", "terminal did not ask for a card within 10 s"
+        if outcome is None:
+            outcome, error = _present(rig, terminal, track, robot, slot, stations, entry, speed,
+                                      dwell, card, timeout_s)
+    except BaseException as e:
+        _cancel(ecr)
+        taken = rig._take(terminal)
+        if taken:
+            rig._mark(taken[0], "aborted", {**base, "outcome": "aborted",
+                                            "error": str(e) or type(e).__name__})
+        raise
+    taken = rig._take(terminal)
+    events = taken[2] if taken else []
+    figs = sale_figures(events)
+    if figs["outcome"] is not None and outcome in (None, "result"):
+        outcome = figs["outcome"]
+    result = SaleResult(**base, **{k: v for k, v in figs.items() if k != "outcome"},
+                        outcome=outcome or "failed", cycle=cycle, error=error)
+    rig._mark(cycle, "completed", result.as_dict())
+    rig.store.add_sale(rig.run_id, cycle, result.as_dict())
+    return result
+
+
+def _present(rig: Rig, terminal: str, track, robot, slot: int, stations, entry: str,
+             speed: float, dwell: float, card: str, timeout_s: float) -> tuple[str, str | None]:
+    """Robot part of a sale; returns (outcome, error) — outcome "result" when the terminal
+    showed a RESULT line (the figures then say approved/declined/failed)."""
+    with robot.session(terminal):
+        robot.pick(slot)
+        try:
+            if entry == "chip":
+                stamp = robot.insert(stations)
+            elif entry == "swipe":
+                stamp = robot.swipe(stations, speed)
+            else:
+                stamp = robot.tap(stations, dwell)
+            rig.recorder.record(Event.at(stamp, EventKind.CARD_PRESENTED, robot.name, terminal,
+                                         entry=entry, card=card))
+            ev = rig._wait_event(track, {EventKind.AUTH_RESULT, EventKind.CARD_FAIL}, timeout_s,
+                                 after_ns=stamp.mono_ns - 1)
+        finally:
+            if entry == "chip":
+                robot.withdraw(stations)
+            robot.return_card(slot)
+    if ev is None:
+        _cancel(rig.ecrs[terminal])
+        return "failed", f"no result within {timeout_s:.0f} s"
+    if ev.kind == EventKind.CARD_FAIL:
+        reason = str(ev.data.get("line", "")).split("reason=", 1)[-1]
+        _cancel(rig.ecrs[terminal])
+        rig._wait_event(track, {EventKind.AUTH_RESULT}, 5.0)
+        return "read_failed", reason
+    return "result", None
+
+
+def _cancel(ecr) -> None:
+    try:
+        ecr.command("CANCEL")
+    except (TerminalError, InfrastructureError) as e:
+        log.warning("%s: CANCEL failed: %s", ecr.terminal, e)

@@ -1,0 +1,363 @@
+"""Card transactions of a virtual terminal: sale, pre-auth, balance, void, settlement.
+
+ECR ``SALE <amount_minor>`` (``PREAUTH``, ``BALANCE``, ``VOID <stan>``, ``SETTLE``) answers at
+once and runs the transaction on the console: ``SALE start`` → ``CARD wait`` → a card event from
+the world (:mod:`rig.sim.world`) → ``CARD present`` → the read (``sim.card_read``, scaled) →
+``CARD read`` (masked PAN) or ``CARD fail reason=…`` (keeps waiting until the card timeout) → a
+pending reversal first → ``AUTH req`` → ``0200``/``0100`` with the session MAC → ``0210`` within
+``sim.auth_timeout_ms`` (real time: it bounds the outside world) → ``AUTH rsp`` → ``RESULT …``
+after ``sim.result_display``. A reversal is stored before the request leaves (NVRAM-style) and
+cleared by any answer, so a timeout, a lost connection or a power cut leaves it pending; it is
+sent before the next online transaction (``1 + sim.reversal_retries`` attempts in all).
+Only masked PANs reach the console, the journal and the log; never track 2, field 55 or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from ..cards.kernel import CardReadError, read_card
+from ..clock import Stamp, now
+from ..iso8583 import cup_txn
+from ..iso8583.dialects import Message
+from ..redact import mask_pan
+from .online import Reply, exchange
+from .world import CardEvent
+
+if TYPE_CHECKING:
+    from .terminal import VirtualTerminal
+
+log = logging.getLogger(__name__)
+
+CARD_TIMEOUT_MS = 30_000  # x sim.time_scale
+COMMANDS = {"SALE": "sale", "PREAUTH": "preauth", "BALANCE": "balance", "VOID": "void", "SETTLE": "settle"}
+MODE_OF = {"inserted": "chip", "swiped": "swipe", "tapped": "tap"}
+REVERSIBLE = ("sale", "preauth", "void")
+
+
+@dataclass(frozen=True, slots=True)
+class CardData:
+    """What the terminal took from the card (only ``masked_pan`` may be shown or logged)."""
+
+    mode: str
+    pan: str = field(repr=False)
+    track2: str = field(repr=False)
+    expiry: str | None = None
+    pan_sequence: str | None = None
+    field55: bytes | None = field(default=None, repr=False)
+    aid: str | None = None
+
+    @property
+    def masked_pan(self) -> str:
+        return mask_pan(self.pan)
+
+
+@dataclass(slots=True)
+class BatchEntry:
+    """One approved transaction of the open batch (for VOID and SETTLE)."""
+
+    stan: str
+    kind: str
+    amount: int
+    rrn: str
+    auth: str | None
+    voided: bool = False
+
+
+@dataclass(slots=True)
+class Txn:
+    kind: str
+    amount: int | None = None
+    original: BatchEntry | None = None
+    cards: asyncio.Queue[CardEvent | None] = field(default_factory=asyncio.Queue)  # None: CANCEL
+    online: bool = False  # past the point where CANCEL works
+    cancelled: bool = False
+
+
+class Finished(Exception):  # noqa: N818 - control flow: ends a transaction with its RESULT
+    """How a transaction ended: approved / declined / failed, its rc and RESULT fields."""
+
+    def __init__(self, status: str, rc: str, reason: str = "", **data: Any) -> None:
+        super().__init__(reason or rc)
+        self.status, self.rc, self.reason, self.data = status, rc, reason, data
+
+
+class Transactions:
+    """The transaction side of one :class:`VirtualTerminal` (state survives power cycles)."""
+
+    def __init__(self, term: VirtualTerminal) -> None:
+        self.t = term
+        self.txn: Txn | None = None
+        self.batch: list[BatchEntry] = []
+        self.reversal: Message | None = None  # pending 0400
+        self.reversal_left = 0
+        self.last_result: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.txn is not None
+
+    # --- ECR ----------------------------------------------------------------------------------
+    def ecr(self, cmd: str, args: list[str]) -> str:
+        """``SALE``/``PREAUTH``/``BALANCE``/``VOID``/``SETTLE``/``RESULT?``: the ECR reply."""
+        if cmd == "RESULT?":
+            if self.busy:
+                return "ERR 21 busy"
+            return f"OK {self.last_result}" if self.last_result else "ERR 22 no result"
+        kind = COMMANDS[cmd]
+        if not self.t.ready:
+            return "ERR 20 not signed on"
+        if self.busy:
+            return "ERR 21 busy"
+        txn = Txn(kind)
+        if kind in ("sale", "preauth"):
+            if len(args) != 1 or not args[0].isdigit() or not 0 < int(args[0]) < 10**12:
+                return f"ERR 04 usage: {cmd} <amount_minor>"
+            txn.amount = int(args[0])
+        elif kind == "void":
+            if len(args) != 1 or not args[0].isdigit():
+                return "ERR 04 usage: VOID <stan>"
+            stan = f"{int(args[0]):06d}"
+            orig = next((e for e in self.batch if e.stan == stan and e.kind == "sale"), None)
+            if orig is None:
+                return "ERR 23 no such transaction"
+            if orig.voided:
+                return "ERR 24 already voided"
+            txn.original, txn.amount = orig, orig.amount
+        elif args:
+            return f"ERR 04 usage: {cmd}"
+        self.txn, self.last_result = txn, None
+        self._task = asyncio.get_running_loop().create_task(self._run(txn))
+        return f"OK {cmd} started"
+
+    def cancel(self) -> None:
+        """ECR CANCEL: ends the transaction with ``RESULT failed rc=CX`` unless it is online."""
+        txn = self.txn
+        if txn is not None and not txn.online and not txn.cancelled:
+            txn.cancelled = True
+            txn.cards.put_nowait(None)
+
+    def card_event(self, ev: CardEvent) -> None:
+        """A card event for this terminal (from the world)."""
+        txn = self.txn
+        if txn is not None and not txn.online and self.t.ready:
+            txn.cards.put_nowait(ev)
+
+    def power_off(self) -> None:
+        """Power went: the transaction dies silently (a stored reversal stays pending)."""
+        task, self._task, self.txn = self._task, None, None
+        if task is not None:
+            task.cancel()
+
+    # --- the transaction --------------------------------------------------------------------
+    async def _run(self, txn: Txn) -> None:
+        t = self.t
+        try:
+            amount = "" if txn.amount is None else f" amount={txn.amount}"
+            orig = f" orig={txn.original.stan}" if txn.original else ""
+            t.say("INFO", f"SALE start type={txn.kind}{amount}{orig}", what="sale_start",
+                  type=txn.kind, amount=txn.amount)
+            try:
+                card = None if txn.kind == "settle" else await self._card(txn)
+                txn.online = True
+                if self.reversal is not None:
+                    await self._send_reversal()
+                end = await self._online(txn, card)
+            except Finished as f:
+                end = f
+            except Exception:
+                log.exception("%s: transaction failed", t.name)
+                end = Finished("failed", "PE", "internal error")
+            self._result(txn, end)
+        finally:
+            if self.txn is txn:
+                self.txn, self._task = None, None
+        if end.status == "declined" and end.rc == "A0":
+            t.sign_on_again()  # the host said MAC error: fetch fresh working keys
+
+    async def _card(self, txn: Txn) -> CardData:
+        t, loop = self.t, asyncio.get_running_loop()
+        t.say("INFO", "CARD wait")
+        deadline = loop.time() + CARD_TIMEOUT_MS * t.sim.time_scale / 1000
+        if t.world is not None and (held := t.world.inserted(t.name)) is not None:
+            txn.cards.put_nowait(CardEvent("inserted", held, now()))
+        while True:
+            try:
+                ev = await asyncio.wait_for(txn.cards.get(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise Finished("failed", "CT", "card timeout") from None
+            if ev is None or txn.cancelled:
+                raise Finished("failed", "CX", "cancelled")
+            mode = MODE_OF.get(ev.kind)
+            if mode is None:
+                continue  # removed
+            modes = ev.card.profile.entry_modes
+            if mode != "chip" and mode not in modes:
+                self._fail(mode, f"card does not support {mode}")
+                continue
+            t.say("INFO", f"CARD present mode={mode}")
+            await asyncio.sleep(t.delay_s(t.sim.card_read))
+            try:
+                data = self._read(ev, mode, txn)
+            except CardReadError as e:
+                self._fail(mode, e.reason)
+                continue
+            if txn.cancelled:
+                raise Finished("failed", "CX", "cancelled")
+            t.say("INFO", f"CARD read mode={mode} pan={data.masked_pan}", what="card_read",
+                  mode=mode, pan=data.masked_pan, aid=data.aid)
+            return data
+
+    def _fail(self, mode: str, reason: str) -> None:
+        self.t.say("WARN", f"CARD fail reason={reason}", what="card_fail", mode=mode, reason=reason)
+
+    def _read(self, ev: CardEvent, mode: str, txn: Txn) -> CardData:
+        t, p = self.t, ev.card.profile
+        if mode == "swipe":
+            speed = ev.speed_mm_s or 0.0
+            if not t.sim.swipe_speed_min_mm_s <= speed <= t.sim.swipe_speed_max_mm_s:
+                raise CardReadError("swipe again")
+            return CardData("swipe", p.pan, p.track2)
+        if mode == "chip":
+            if t.world is not None and t.world.inserted(t.name) is not ev.card:
+                raise CardReadError("card removed")
+            if not p.aids or "chip" not in p.entry_modes:
+                raise CardReadError("no chip, swipe")
+        chip = ev.card.chip
+        chip.reset()
+        if chip.atr() is None:
+            raise CardReadError("no ATR")
+        r = read_card(chip.transmit, contactless=mode == "tap", amount_minor=txn.amount or 0,
+                      unpredictable=os.urandom(4), when=date.today())
+        return CardData(mode, r.pan, r.track2, r.expiry, r.pan_sequence, r.field55, r.aid)
+
+    # --- online -------------------------------------------------------------------------------
+    def _request(self, txn: Txn, card: CardData | None, stan: str) -> Message:
+        t = self.t
+        ids: dict[str, Any] = {"stan": stan, "terminal_id": t.tcfg.terminal_id,
+                               "merchant_id": t.tcfg.merchant_id, "batch": t.batch}
+        if txn.kind == "settle":
+            totals = cup_txn.SettlementTotals(
+                sum(1 for e in self.batch if e.kind == "sale" and not e.voided),
+                sum(e.amount for e in self.batch if e.kind == "sale" and not e.voided))
+            return cup_txn.settlement_request(**ids, totals=totals)
+        assert card is not None
+        chip = card.mode != "swipe"
+        ids.update(entry_mode=card.mode, pan=card.pan if chip else None, track2=card.track2,
+                   expiry=card.expiry, pan_sequence=card.pan_sequence if chip else None,
+                   field55=card.field55 if chip else None)
+        if txn.kind == "balance":
+            return cup_txn.balance_request(**ids)
+        if txn.kind == "void":
+            o = txn.original
+            assert o is not None and txn.amount is not None
+            return cup_txn.void_request(**ids, amount_minor=txn.amount, original_stan=o.stan,
+                                        original_rrn=o.rrn, original_auth_code=o.auth)
+        build = cup_txn.preauth_request if txn.kind == "preauth" else cup_txn.sale_request
+        return build(**ids, amount_minor=txn.amount or 0)
+
+    async def _online(self, txn: Txn, card: CardData | None) -> Finished:
+        t = self.t
+        stan = t.next_stan()
+        msg = self._request(txn, card, stan)
+        t.say("INFO", f"AUTH req stan={stan}")
+        reversible = txn.kind in REVERSIBLE
+
+        def store() -> None:
+            if reversible:
+                self._store_reversal(cup_txn.reversal_request(msg, "98"))
+
+        outcome, reply = await self._exchange(msg, "auth_req_sent", {
+            "stan": stan, "mti": msg["t"], "type": txn.kind, "amount": txn.amount}, before_send=store)
+        if reply is None:
+            rc, reason = {"refused": ("NC", "no connection"), "protocol": ("PE", "protocol error"),
+                          "closed": ("98", "no response")}.get(outcome, ("98", "timeout"))
+            return Finished("failed", rc, reason, stan=stan)
+        rsp = reply.msg
+        rc = str(rsp.get("39", "")).strip()
+        t.record("auth_rsp_received", reply.rx.stamp, stan=stan, rc=rc, mac_ok=reply.mac_ok,
+                 clock=reply.rx.clock)
+        if reversible and self.reversal is not None and self.reversal.get("11") == stan:
+            self._clear_reversal()
+        t.say("INFO", f"AUTH rsp rc={rc}")
+        await asyncio.sleep(t.delay_s(t.sim.result_display))
+        if not reply.mac_ok:
+            if reversible and rc == cup_txn.APPROVED:  # approved but untrusted: take it back
+                self._store_reversal(cup_txn.reversal_request(msg, "A0"))
+            return Finished("failed", "A0", "MAC error", stan=stan)
+        if rc != cup_txn.APPROVED:
+            return Finished("declined", rc, stan=stan)
+        rrn, auth = str(rsp.get("37", "")).strip(), rsp.get("38")
+        extra: dict[str, Any] = {"auth": str(auth).strip() if auth else None, "rrn": rrn, "stan": stan}
+        if txn.kind == "balance" and (bal := cup_txn.balance_of(rsp)) is not None:
+            extra["balance"] = bal
+        if txn.kind in ("sale", "preauth"):
+            self.batch.append(BatchEntry(stan, txn.kind, txn.amount or 0, rrn, extra["auth"]))
+        elif txn.kind == "void" and txn.original is not None:
+            txn.original.voided = True
+        elif txn.kind == "settle":
+            extra["settle"] = {"1": "balanced", "2": "unbalanced"}.get(
+                cup_txn.settlement_result(rsp) or "", "unknown")
+            self.batch.clear()
+            t.batch = t.batch % 999_999 + 1
+        return Finished("approved", rc, **extra)
+
+    def _result(self, txn: Txn, f: Finished) -> None:
+        words = [f"RESULT {f.status} rc={f.rc}"]
+        if f.status == "failed":
+            words.append(f"reason={f.reason}")
+        else:
+            words += [f"{k}={f.data[k]}" for k in ("auth", "rrn", "stan", "balance", "settle")
+                      if f.data.get(k) is not None]
+        text = " ".join(words)
+        self.last_result = text
+        self.t.say("INFO" if f.status == "approved" else "WARN", text, what="result", status=f.status,
+                   rc=f.rc, type=txn.kind, amount=txn.amount, reason=f.reason or None, **f.data)
+
+    # --- reversal -----------------------------------------------------------------------------
+    def _store_reversal(self, rev: Message) -> None:
+        self.reversal, self.reversal_left = rev, 1 + self.t.sim.reversal_retries
+
+    def _clear_reversal(self) -> None:
+        self.reversal, self.reversal_left = None, 0
+
+    async def _send_reversal(self) -> None:
+        t = self.t
+        while self.reversal is not None and self.reversal_left > 0:
+            rev = self.reversal
+            stan = str(rev.get("11"))
+            self.reversal_left -= 1
+            outcome, reply = await self._exchange(rev, "reversal_sent", {"stan": stan, "reason": rev.get("39")},
+                                                  after_send=lambda s=stan: t.say("INFO", f"REVERSAL sent stan={s}"))
+            if reply is not None and reply.mac_ok:
+                rc = str(reply.msg.get("39", "")).strip()
+                self._clear_reversal()
+                t.record("reversal_ok", reply.rx.stamp, stan=stan, rc=rc, clock=reply.rx.clock)
+                t.say("INFO", f"REVERSAL ok stan={stan} rc={rc}")
+                return
+            t.say("WARN", f"REVERSAL fail stan={stan} reason={'MAC error' if reply else outcome}")
+        if self.reversal is not None:
+            t.say("ERROR", f"REVERSAL giveup stan={self.reversal.get('11')}")
+            self._clear_reversal()
+
+    async def _exchange(self, msg: Message, sent_what: str, sent_data: dict[str, Any], *,
+                        before_send: Callable[[], None] | None = None,
+                        after_send: Callable[[], None] | None = None) -> tuple[str, Reply | None]:
+        t = self.t
+        if t.keys is None:
+            return "protocol", None
+
+        def sent(stamp: Stamp) -> None:
+            t.record(sent_what, stamp, **sent_data)
+            if after_send is not None:
+                after_send()
+
+        return await exchange(*t.host_addr, msg, mak8=t.keys.mak8, timeout_s=t.sim.auth_timeout_ms / 1000.0,
+                              on_sent=sent, before_send=before_send)

@@ -1,0 +1,245 @@
+"""The virtual lab's physical card world: magazine, gripper, chip slots, swipe paths, NFC zones.
+
+It watches the GRBL sim (``on_segment`` when a motion segment starts, ``on_gripper`` when M8 /
+M9 executes) and turns what the robot really does into card events for the right terminal at
+the moment it physically happens: a card arriving at a chip station (within
+``sim.insert_tolerance_mm``) is inserted and removed when the next segment carries it away; a
+segment from ``swipe_start`` to ``swipe_end`` (either direction) swipes it at length / duration;
+a card arriving at ``nfc`` is in the field at once (``card_in_field``: journal only, the
+terminal cannot read it yet) and tapped once it stayed ``sim.tap_dwell_min_ms`` (real time,
+like the robot). Events are scheduled on the loop at the segment's end (or the dwell's end), journaled
+with that time (``clock: "sim"``) and handed to the terminal's handler.
+
+Cards are physical: each is in exactly one place (a magazine slot, the gripper, a terminal's
+chip slot, or dropped where the gripper let go of it), see :meth:`CardWorld.where`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ..cards.emv import EmvCard
+from ..cards.profiles import CARDS_DIR, CardProfile, load_cards
+from ..clock import ClockSource, Stamp, WallToMono
+from ..config import Point, RobotLayout, SimConfig, Stations
+from ..errors import ConfigError
+from .journal import TruthJournal
+
+log = logging.getLogger(__name__)
+
+CardEventKind = Literal["inserted", "removed", "swiped", "in_field", "tapped"]
+Vec = Sequence[float]
+_MAPPER = WallToMono()
+
+
+class Segment(Protocol):
+    """What the world needs of ``rig.sim.grbl.Segment``."""
+
+    start: tuple[float, float, float]
+    end: tuple[float, float, float]
+    t_start_ns: int
+    t_end_ns: int
+
+
+class Card:
+    """One physical card: its profile and its chip (the ATC survives between reads)."""
+
+    def __init__(self, slot: int, profile: CardProfile) -> None:
+        self.slot = slot  # its home in the magazine
+        self.profile = profile
+        self.chip = EmvCard(profile)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def __repr__(self) -> str:
+        return f"Card(slot {self.slot}, {self.profile!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CardEvent:
+    """Something physically happened to ``card`` at ``stamp`` (monotonic + wall ns)."""
+
+    kind: CardEventKind
+    card: Card
+    stamp: Stamp
+    speed_mm_s: float | None = None  # swipes only
+
+
+Handler = Callable[[CardEvent], None]
+
+
+def resolve_cards_dir(cards_dir: str) -> Path:
+    """``cards_dir`` relative to the cwd, else to the repository, else the repo's configs/cards."""
+    p = Path(cards_dir)
+    for cand in (p, CARDS_DIR.parents[1] / p, CARDS_DIR):
+        if cand.is_dir():
+            return cand
+    raise ConfigError(f"robot.cards_dir: {cards_dir!r} is not a directory")
+
+
+def _dist(a: Vec, b: Vec) -> float:
+    return math.dist(tuple(a), tuple(b))
+
+
+def _xyz(p: Point) -> tuple[float, float, float]:
+    return (p.x, p.y, p.z)
+
+
+def _stamp(mono_ns: int) -> Stamp:
+    return Stamp(mono_ns, mono_ns + _MAPPER.offset_ns())
+
+
+class CardWorld:
+    """Cards, magazine and stations of one lab; its hooks run in the lab's event loop."""
+
+    def __init__(self, layout: RobotLayout, sim: SimConfig, stations: dict[str, Stations],
+                 journal: TruthJournal, cards: dict[str, CardProfile] | None = None) -> None:
+        self.layout = layout
+        self.sim = sim
+        self.stations = {name: {k: _xyz(getattr(st, k)) for k in ("chip", "swipe_start", "swipe_end", "nfc")}
+                         for name, st in stations.items()}
+        self.journal = journal
+        profiles = cards if cards is not None else load_cards(resolve_cards_dir(layout.cards_dir))
+        self.cards: dict[int, Card] = {}
+        for slot, name in sorted(layout.magazine.slots.items()):
+            if name not in profiles:
+                raise ConfigError(f"robot.magazine.slots.{slot}: no card profile {name!r}")
+            self.cards[slot] = Card(slot, profiles[name])
+        self._slots: dict[int, Card | None] = dict(self.cards)
+        self._chip: dict[str, Card] = {}  # terminal -> card in its chip slot
+        self.held: Card | None = None  # in the gripper (possibly also in a chip slot)
+        self._handlers: dict[str, Handler] = {}
+        self._pending: list[tuple[int, asyncio.TimerHandle, Callable[[], None]]] = []
+        self._tol = sim.insert_tolerance_mm
+
+    # --- queries ------------------------------------------------------------------------------
+    def attach(self, terminal: str, handler: Handler) -> None:
+        """Deliver ``terminal``'s card events to ``handler`` (called in the loop)."""
+        self._handlers[terminal] = handler
+
+    def inserted(self, terminal: str) -> Card | None:
+        """The card in ``terminal``'s chip slot now."""
+        return self._chip.get(terminal)
+
+    def where(self, card: Card) -> str:
+        """``chip T1``, ``gripper``, ``slot 3`` or ``dropped``: the one place the card is."""
+        for t, c in self._chip.items():
+            if c is card:
+                return f"chip {t}"
+        if self.held is card:
+            return "gripper"
+        for s, c in self._slots.items():
+            if c is card:
+                return f"slot {s}"
+        return "dropped"
+
+    def _slot_at(self, pos: Vec) -> int | None:
+        return next((s for s in self.cards if _dist(pos, _xyz(self.layout.slot_point(s))) <= self._tol), None)
+
+    def _station_at(self, pos: Vec, kind: str) -> str | None:
+        return next((t for t, st in self.stations.items() if _dist(pos, st[kind]) <= self._tol), None)
+
+    # --- GRBL hooks ---------------------------------------------------------------------------
+    def on_gripper(self, closed: bool, pos: Vec) -> None:
+        """M8 (close) grips the card under it; M9 (open) lets go of the held one."""
+        if closed:
+            if self.held is not None:
+                return
+            slot = self._slot_at(pos)
+            if slot is not None and (card := self._slots.get(slot)) is not None:
+                self._slots[slot] = None
+                self.held = card
+                self.journal.record(None, "card_picked", clock=str(ClockSource.SIM), slot=slot, card=card.name)
+            elif (t := self._station_at(pos, "chip")) is not None and t in self._chip:
+                self.held = self._chip[t]  # gripping the card left in the chip slot
+            return
+        card, self.held = self.held, None
+        if card is None or card in self._chip.values():
+            return  # nothing held, or the card stays in the chip slot
+        self._cancel_pending()
+        slot = self._slot_at(pos)
+        if slot is not None and self._slots[slot] is None:
+            self._slots[slot] = card
+            self.journal.record(None, "card_returned", clock=str(ClockSource.SIM), slot=slot, card=card.name)
+        else:
+            log.warning("card %s dropped at %s (not over an empty slot)", card.name, tuple(pos))
+            self.journal.record(None, "card_dropped", clock=str(ClockSource.SIM), card=card.name,
+                                pos=[round(v, 3) for v in pos])
+
+    def on_segment(self, seg: Segment) -> None:
+        """A motion segment starts (or a stop truncated the previous one)."""
+        pending, self._pending = self._pending, []
+        for due, handle, fire in pending:
+            handle.cancel()
+            if due <= seg.t_start_ns + 1_000_000:  # the previous segment completed: it happened
+                fire()
+        card = self.held
+        if card is None:
+            return
+        for t, c in list(self._chip.items()):
+            if c is card and _dist(seg.end, self.stations[t]["chip"]) > self._tol:
+                del self._chip[t]
+                self._emit(t, "removed", card, seg.t_start_ns)
+        length = _dist(seg.start, seg.end)
+        if (t := self._station_at(seg.end, "chip")) is not None and t not in self._chip:
+            self._schedule(seg.t_end_ns, lambda t=t, due=seg.t_end_ns: self._insert(t, card, due))
+        elif length > self._tol and (t := self._swipe_of(seg)) is not None and seg.t_end_ns > seg.t_start_ns:
+            speed = length / ((seg.t_end_ns - seg.t_start_ns) / 1e9)
+            self._schedule(seg.t_end_ns,
+                           lambda t=t, due=seg.t_end_ns: self._emit(t, "swiped", card, due, speed))
+        elif (t := self._station_at(seg.end, "nfc")) is not None:
+            due = seg.t_end_ns + int(self.sim.tap_dwell_min_ms * 1e6)
+            self._schedule(seg.t_end_ns, lambda t=t, at=seg.t_end_ns: self._emit(t, "in_field", card, at))
+            self._schedule(due, lambda t=t: self._emit(t, "tapped", card, due))
+
+    def _swipe_of(self, seg: Segment) -> str | None:
+        for t, st in self.stations.items():
+            a, b = st["swipe_start"], st["swipe_end"]
+            if ((_dist(seg.start, a) <= self._tol and _dist(seg.end, b) <= self._tol)
+                    or (_dist(seg.start, b) <= self._tol and _dist(seg.end, a) <= self._tol)):
+                return t
+        return None
+
+    # --- events -------------------------------------------------------------------------------
+    def _insert(self, terminal: str, card: Card, when_ns: int) -> None:
+        if self.held is not card or terminal in self._chip:
+            return
+        self._chip[terminal] = card
+        self._emit(terminal, "inserted", card, when_ns)
+
+    def _schedule(self, due_ns: int, fire: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            self._pending = [p for p in self._pending if p[2] is not run]
+            fire()
+
+        handle = loop.call_at(loop.time() + (due_ns - time.monotonic_ns()) / 1e9, run)
+        self._pending.append((due_ns, handle, run))
+
+    def _cancel_pending(self) -> None:
+        for _, handle, _ in self._pending:
+            handle.cancel()
+        self._pending = []
+
+    def _emit(self, terminal: str, kind: CardEventKind, card: Card, when_ns: int,
+              speed: float | None = None) -> None:
+        stamp = _stamp(when_ns)
+        extra: dict[str, Any] = {} if speed is None else {"speed_mm_s": round(speed, 1)}
+        self.journal.record(terminal, f"card_{kind}", stamp, clock=str(ClockSource.SIM), card=card.name,
+                            **extra)
+        handler = self._handlers.get(terminal)
+        if handler is not None:
+            try:
+                handler(CardEvent(kind, card, stamp, speed))
+            except Exception:
+                log.exception("%s: card event handler failed", terminal)
