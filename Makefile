@@ -34,6 +34,7 @@ test-integration: install
 
 bench: install
 	$(BIN)/python benchmarks/signon_accuracy.py
+	$(BIN)/python benchmarks/sale_accuracy.py
 
 lint: install
 	$(BIN)/ruff check rig tests benchmarks

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .analysis.sale_metrics import SaleResult, sale_figures
 from .errors import InfrastructureError, TerminalError, TestError
-from .events import Event, EventKind
+from .events import EventKind
 
 if TYPE_CHECKING:
     from .rig import Rig
@@ -106,8 +106,7 @@ def _present(rig: Rig, terminal: str, track, robot, slot: int, stations, entry: 
                 stamp = robot.swipe(stations, speed)
             else:
                 stamp = robot.tap(stations, dwell)
-            rig.recorder.record(Event.at(stamp, EventKind.CARD_PRESENTED, robot.name, terminal,
-                                         entry=entry, card=card))
+            # the driver records CARD_PRESENTED (for the session's terminal) with this stamp
             ev = rig._wait_event(track, {EventKind.AUTH_RESULT, EventKind.CARD_FAIL}, timeout_s,
                                  after_ns=stamp.mono_ns - 1)
         finally:

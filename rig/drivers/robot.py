@@ -88,10 +88,9 @@ class RobotDriver(CardMoves):
         self._dead: str | None = None  # why the connection is unusable (the next call reopens)
         self._closing = self._expect_banner = self._critical = False  # critical: hard/soft limit
         self._alarm: int | None = None  # 0: locked without an alarm code
-        self._banners = self._reports = 0
-        self._status: RobotStatus | None = None
+        self._status: tuple[RobotStatus, Stamp, ClockSource] | None = None  # the last report
         self._plan_pos: Vec | None = None  # where the queued motion ends
-        self._w2m, self._rx_clock = WallToMono(), ClockSource.THREAD
+        self._w2m, self._rx_clock, self._banners, self._reports = WallToMono(), ClockSource.THREAD, 0, 0
 
     @property
     def alarm(self) -> int | None:
@@ -136,8 +135,8 @@ class RobotDriver(CardMoves):
         self._expect_banner = False
         st = self.status()
         self._plan_pos = st.mpos if st.state == "Idle" else None
-        dump = "\n".join(self.command("$$"))
-        self.settings.update((int(k), float(v)) for k, v in _SETTING.findall(dump))
+        dump = _SETTING.findall("\n".join(self.command("$$")))  # $N=value lines
+        self.settings.update((int(k), float(v)) for k, v in dump)
         if self.cfg.home_on_open:
             self.home()
         elif st.state == "Alarm" or self._alarm is not None:
@@ -252,7 +251,7 @@ class RobotDriver(CardMoves):
             reason = reason.removeprefix(f"{self.who}: ")
             self._dead = f"{self.who}: {reason}"
             self._fail_all(f"{reason}; the next command reconnects")
-        log.warning("%s", reason)
+        log.warning("%s: %s", self.who, reason)
         self._sink.record(Event.now(EventKind.ERROR, self.name, error=reason))
 
     def _fail_all(self, why: str) -> None:
@@ -270,7 +269,7 @@ class RobotDriver(CardMoves):
             if st is None:
                 raise InstrumentError(f"{self.who}: unreadable status report {text!r}")
             with self._cv:
-                self._status, self._reports = st, self._reports + 1
+                self._status, self._reports = (st, stamp, self._rx_clock), self._reports + 1
                 self._cv.notify_all()
         elif m := re.fullmatch(r"ALARM:(\d+)", text):
             self._on_alarm(int(m.group(1)), stamp)
@@ -389,11 +388,12 @@ class RobotDriver(CardMoves):
             seq, sent = self._reports, self._write(b"?")
             ok = self._cv.wait_for(lambda: self._reports > seq or self._dead is not None,
                                    self.cfg.timeout_s)
-            st = self._status
-        if self._dead is not None or not ok or st is None:
+            last = self._status
+        if self._dead is not None or not ok or last is None:
             raise InstrumentError(self._dead or f"{self.who}: no status report within "
                                   f"{self.cfg.timeout_s} s; is the controller on?")
-        self._sink.record(Event.now(EventKind.ROBOT_IO, self.name, self._fair.terminal(),
-                                    line="?", reply=st.raw, sent_mono_ns=sent.mono_ns))
+        st, at, clock = last
+        self._sink.record(Event.at(at, EventKind.ROBOT_IO, self.name, self._fair.terminal(), clock,
+                                   line="?", reply=st.raw, sent_mono_ns=sent.mono_ns))
         return st
 

@@ -1,16 +1,11 @@
 """Motion of the virtual GRBL robot: G-code blocks, the planner queue, a constant-velocity executor.
 
-:func:`parse_block` validates a whole line against the modal state before anything happens (as
-GRBL's ``gc_execute_line`` does) and raises :class:`GrblError` with GRBL's error code;
-:class:`LineAssembler` is GRBL's character filter of the serial stream.
-
-A :class:`Planner` holds up to :data:`PLANNER_BLOCKS` linear moves (GRBL 1.1 on an ATmega328p
-has a 16-block ring buffer that keeps one slot free). Blocks run one after another on the
-monotonic clock; each takes exactly ``length / rate`` (no acceleration is modelled: the head
-jumps to its rate and stops dead), and a block queued before the previous one ended starts at
-that end, so streamed moves are continuous. ``on_segment`` gets each :class:`Segment` as it
-starts (with its planned arrival) and the zero-length remainder when a hold or stop cuts it
-short. Everything runs in the event loop; :meth:`Planner.position` may be read from any thread.
+:func:`parse_block` validates a whole line before anything happens (GRBL's ``gc_execute_line``);
+:class:`LineAssembler` is GRBL's filter of the serial stream. The :class:`Planner` holds 15
+moves (GRBL's 16-block ring keeps one free); each takes exactly ``length / rate`` on the
+monotonic clock (no acceleration: the head jumps to speed and stops dead), back to back when
+queued in time. ``on_segment`` gets each :class:`Segment` as it starts and the zero-length rest
+when a hold or stop cuts it. All in the event loop; ``position()`` may be read from any thread.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ from typing import NamedTuple
 log = logging.getLogger(__name__)
 
 Vec = tuple[float, float, float]
-PLANNER_BLOCKS = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +60,7 @@ class Block:
 
 
 def axis_limited_rate(max_rates: Vec, start: Vec, end: Vec) -> float:
-    """The fastest rate along ``start -> end`` at which no axis exceeds its maximum (GRBL's
-    ``limit_value_by_axis_maximum``): a diagonal rapid is faster than any single axis."""
+    """The fastest rate along start -> end with no axis over its maximum (a diagonal is faster)."""
     d = math.dist(start, end)
     fracs = [(abs(b - a) / d if d else 1.0, r) for a, b, r in zip(start, end, max_rates, strict=True)]
     return min(r / f for f, r in fracs if f > 0.0)
@@ -77,7 +70,7 @@ class Planner:
     """The planner buffer and the stepper, as seen from outside: segments on a clock."""
 
     def __init__(self, on_segment: Callable[[Segment], None] | None = None,
-                 capacity: int = PLANNER_BLOCKS) -> None:
+                 capacity: int = 15) -> None:
         self.on_segment, self.capacity = on_segment, capacity
         self.pos: Vec = (0.0, 0.0, 0.0)  # where the head is when no segment runs
         self.seg: Segment | None = None
@@ -193,9 +186,8 @@ class Planner:
         if not self.busy and self._idle:
             idle, self._idle, t = self._idle, [], now_ns or time.monotonic_ns()
             for fut, then in idle:
-                if then is not None and not fut.done():
-                    self._call(then)
                 if not fut.done():
+                    self._call(then or (lambda: None))
                     fut.set_result(t)
 
     def _arrive(self) -> None:
@@ -240,9 +232,7 @@ NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
 
 
 class GrblError(Exception):
-    """A line GRBL answers with ``error:<code>``."""
-
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int) -> None:  # the line's reply is error:<code>
         super().__init__(f"error:{code}")
         self.code = code
 
@@ -257,9 +247,6 @@ class LineAssembler:
     flags lines over the line buffer; a ``\\n`` or ``\\r`` ends a line."""
 
     def __init__(self) -> None:
-        self._clear()
-
-    def _clear(self) -> None:
         self._chars: list[str] = []
         self._overflow = self._paren = self._semicolon = False
 
@@ -268,7 +255,7 @@ class LineAssembler:
         for i, b in enumerate(data):
             if b in (0x0A, 0x0D):
                 line = Line("".join(self._chars), self._overflow)
-                self._clear()
+                self._chars, self._overflow, self._paren, self._semicolon = [], False, False, False
                 return line, i + 1
             if self._overflow or self._paren or self._semicolon:
                 if b == 0x29:

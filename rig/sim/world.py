@@ -233,8 +233,13 @@ class CardWorld:
 
     def _emit(self, terminal: str, kind: CardEventKind, card: Card, when_ns: int,
               speed: float | None = None) -> None:
-        stamp = _stamp(when_ns)
-        extra: dict[str, Any] = {} if speed is None else {"speed_mm_s": round(speed, 1)}
+        # Stamped when the event really fires in the lab's loop, not when the motion plan said it
+        # would: the robot's sync `ok` and the terminal's card read follow the loop, so the
+        # planned time would be early by the loop's lag (measured up to ~2 ms on 2 busy cores).
+        stamp = _stamp(max(when_ns, time.monotonic_ns()))
+        extra: dict[str, Any] = {"planned_lag_us": (stamp.mono_ns - when_ns) // 1000}
+        if speed is not None:
+            extra["speed_mm_s"] = round(speed, 1)
         self.journal.record(terminal, f"card_{kind}", stamp, clock=str(ClockSource.SIM), card=card.name,
                             **extra)
         handler = self._handlers.get(terminal)

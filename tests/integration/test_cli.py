@@ -87,3 +87,22 @@ def test_ctrl_c_leaves_safe_state_and_marks_cycle(lab_proc, lab_file, tmp_path):
     assert "started" not in states
     assert states.count("aborted") >= 1
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_card_list_and_sale_json_never_show_full_pans(lab_proc, lab_file, tmp_path):
+    from rig.cards.profiles import load_cards
+
+    pans = [c.pan for c in load_cards().values()]
+    p = subprocess.run(_rig("card", "list", results=tmp_path / "r"), capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "cup_debit" in p.stdout and "622202" in p.stdout
+    q = subprocess.run(_rig("sale", "T1", "--card", "cup_debit", "--amount", "1.00", "--entry",
+                            "tap", "--config", str(lab_file), "--json", results=tmp_path / "r"),
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert q.returncode == 0, q.stderr
+    doc = json.loads(q.stdout)
+    assert doc["outcome"] == "approved" and doc["rc"] == "00" and doc["entry"] == "tap"
+    assert doc["card_to_result_s"] > 0
+    for pan in pans:
+        assert pan not in p.stdout + p.stderr + q.stdout + q.stderr
