@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml scripts/install-system.sh
 
 # The main job: a sign-on series on every terminal of the embedded virtual lab.
 run: install
-	$(BIN)/rig --config $(CONFIG) signon all -n $(N)
+	$(BIN)/rig signon all -n $(N) --config $(CONFIG)
 
 test: install
 	$(BIN)/ruff check rig tests benchmarks

@@ -73,7 +73,7 @@ def run_sale(rig: Rig, terminal: str, *, amount: str, card: str, entry: str, txn
             outcome, error = "failed", "terminal did not ask for a card within 10 s"
         if outcome is None:
             outcome, error = _present(rig, terminal, track, robot, slot, stations, entry, speed,
-                                      dwell, card, timeout_s)
+                                      dwell, timeout_s)
     except BaseException as e:
         _cancel(ecr)
         taken = rig._take(terminal)
@@ -94,7 +94,7 @@ def run_sale(rig: Rig, terminal: str, *, amount: str, card: str, entry: str, txn
 
 
 def _present(rig: Rig, terminal: str, track, robot, slot: int, stations, entry: str,
-             speed: float, dwell: float, card: str, timeout_s: float) -> tuple[str, str | None]:
+             speed: float, dwell: float, timeout_s: float) -> tuple[str, str | None]:
     """Robot part of a sale; returns (outcome, error) — outcome "result" when the terminal
     showed a RESULT line (the figures then say approved/declined/failed)."""
     with robot.session(terminal):
