@@ -174,6 +174,20 @@ def echo_request(
     )
 
 
+def response_envelope(request: Message, follow_up: int = 0) -> Message:
+    """TPDU (destination and source swapped), header with the follow-up nibble, MTI + 10."""
+    if not 0 <= follow_up <= 15:
+        raise ProtocolError(f"follow-up code {follow_up} does not fit a nibble")
+    header = bytearray(request.get("header", DEFAULT_HEADER))
+    if len(header) == 6:
+        header[2] = header[2] & 0xF0 | follow_up
+    return {
+        "tpdu": reply_tpdu(bytes(request.get("tpdu", DEFAULT_TPDU))),
+        "header": bytes(header),
+        "t": response_mti(str(request.get("t"))),
+    }
+
+
 def network_response(
     request: Message,
     *,
@@ -189,16 +203,7 @@ def network_response(
     `follow_up` is the header's request for more work (0 nothing, 1 parameters,
     3 sign on again, 4 CA keys...).
     """
-    if not 0 <= follow_up <= 15:
-        raise ProtocolError(f"follow-up code {follow_up} does not fit a nibble")
-    header = bytearray(request.get("header", DEFAULT_HEADER))
-    if len(header) == 6:
-        header[2] = header[2] & 0xF0 | follow_up
-    rsp: Message = {
-        "tpdu": reply_tpdu(bytes(request.get("tpdu", DEFAULT_TPDU))),
-        "header": bytes(header),
-        "t": response_mti(str(request.get("t"))),
-    }
+    rsp = response_envelope(request, follow_up)
     if "11" in request:
         rsp["11"] = request["11"]
     rsp["12"] = when.strftime("%H%M%S")

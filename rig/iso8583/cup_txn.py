@@ -64,7 +64,7 @@ from datetime import datetime
 
 from rig.errors import ProtocolError
 
-from .cup import reply_tpdu
+from .cup import response_envelope
 from .cup_codec import DEFAULT_HEADER, DEFAULT_TPDU, is_digits
 from .cup_read import (
     APPROVED,
@@ -91,7 +91,7 @@ from .cup_read import (
     settlement_result,
     txn_kind,
 )
-from .dialects import Message, response_mti
+from .dialects import Message
 
 __all__ = [
     "APPROVED",
@@ -344,16 +344,7 @@ def txn_response(request: Message, *, rc: str, rrn: str, when: datetime,
     """
     if len(rc) != 2 or not rc.isascii() or not rc.isalnum():
         raise ProtocolError(f"response code must be 2 characters, got {rc!r}")
-    if not 0 <= follow_up <= 15:
-        raise ProtocolError(f"follow-up code {follow_up} does not fit a nibble")
-    header = bytearray(request.get("header", DEFAULT_HEADER))
-    if len(header) == 6:
-        header[2] = header[2] & 0xF0 | follow_up
-    rsp: Message = {
-        "tpdu": reply_tpdu(bytes(request.get("tpdu", DEFAULT_TPDU))),
-        "header": bytes(header),
-        "t": response_mti(str(request.get("t"))),
-    }
+    rsp = response_envelope(request, follow_up)
     for f in _ECHO:
         if f in request:
             rsp[f] = request[f]
