@@ -33,6 +33,7 @@ from .events import Event, EventKind
 from .host.server import AcquirerHost
 from .labproc import LabProcess, listening
 from .recorder import Recorder
+from .signon import wait_ready
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -266,44 +267,11 @@ class Rig:
         if track.done or track.cycle_id is None:
             raise TestError(f"{terminal}: no open cycle; call power_on/power_cycle first")
         try:
-            error = self._wait_ready(terminal, track, timeout_s)
+            error = wait_ready(self, terminal, track, timeout_s)
         except BaseException as e:
             self._finish(terminal, state="aborted", error=str(e) or type(e).__name__)
             raise
         return self._finish(terminal, state="completed", error=error)
-
-    def _wait_ready(self, terminal: str, track: _Track, timeout_s: float) -> str | None:
-        deadline = Deadline(timeout_s)
-        logged_in = self.cfg.terminals[terminal].auto_login
-        error = None
-        while True:
-            with track.cond:
-                kinds = {e.kind for e in track.events}
-                giveup = any(e.kind == EventKind.SIGNON_FAIL and "giveup" in str(e.data.get("line"))
-                             for e in track.events)
-                if EventKind.READY in kinds or giveup:
-                    break
-                if deadline.expired:
-                    error = f"no READY within {timeout_s:.1f} s"
-                    break
-                need_login = not logged_in and EventKind.BOOT_DONE in kinds
-                if not need_login:
-                    track.cond.wait(min(0.1, deadline.remaining()))
-            if self._stop.is_set():
-                raise KeyboardInterrupt
-            if need_login:
-                self._login(terminal)
-                logged_in = True
-        if error is None:  # the host records its response a moment after the terminal got it
-            self._await(track, EventKind.SIGNON_RSP, 1.0)
-        return error
-
-    def _login(self, terminal: str) -> None:
-        ecr = self.ecrs.get(terminal)
-        if ecr is None:
-            raise TerminalError(f"{terminal}: needs an operator login but has no ECR port configured")
-        op = self.cfg.terminals[terminal].operator
-        ecr.command(f"LOGIN {op.id} {op.password}", secret=op.password)
 
     def _await(self, track: _Track, kind: EventKind, timeout_s: float) -> None:
         self._wait_event(track, {kind}, timeout_s)

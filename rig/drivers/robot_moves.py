@@ -324,9 +324,11 @@ class CardMoves:
         if self._plan_pos is None:
             self._plan_pos = self.status().mpos
         pos, out, rates = self._plan_pos, [], self._max_rates()  # pos changes only on success
+        self._motion_s = 0.0  # distance / feed + dwells: what the move should take
         for s in steps:
             if s.axes is None:
                 out.append((s, s.dwell_s))
+                self._motion_s += s.dwell_s
                 continue
             end = tuple(s.axes.get(k, pos[i]) for i, k in enumerate("xyz"))
             limit = _axis_limited(rates, pos, end) if rates else self.cfg.feed_mm_min
@@ -336,6 +338,7 @@ class CardMoves:
                                  f"0..{limit:g} mm/min ($110-$112 along this path); nothing "
                                  f"was sent")
             out.append((s, self._seconds(pos, end, rate)))  # type: ignore[arg-type]
+            self._motion_s += math.dist(pos, end) / (rate / 60.0)  # type: ignore[arg-type]
             pos = end  # type: ignore[assignment]
         self._plan_pos = pos
         return out
@@ -356,6 +359,7 @@ class CardMoves:
             assert end is not None and mark is not None
             self._sink.record(Event.at(end, EventKind.ROBOT_MOVE, self.name, self._fair.terminal(),
                                        move=move, duration_s=(end.mono_ns - t0.mono_ns) / 1e9,
+                                       planned_s=round(self._motion_s, 6),
                                        **data))
             return mark
 
