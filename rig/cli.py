@@ -193,17 +193,17 @@ def signon(terminal: Annotated[str, typer.Argument(help="terminal name, or 'all'
 def _render(per: list[dict[str, Any]], run_id: int, store: Path) -> None:
     from .analysis.metrics import SIGNON_FIGURES
 
-    t = Table(title="sign-on figures (s) over ok cycles: p50 / p90 / p99 / max")
+    t = Table(title="sign-on figures over ok cycles, ms: p50 / p99")
     t.add_column("terminal")
     t.add_column("ok")
     for f in SIGNON_FIGURES:
-        t.add_column(f, justify="right")
+        t.add_column(f.removesuffix("_s"), justify="right", no_wrap=True)
     for p in per:
         s = p["summary"]
         cells = []
         for f in SIGNON_FIGURES:
             v = s.get(f)
-            cells.append("-" if not v else " / ".join(_fmt(v[k]) for k in ("p50", "p90", "p99", "max")))
+            cells.append("-" if not v else f"{v['p50'] * 1e3:.1f} / {v['p99'] * 1e3:.1f}")
         t.add_row(p["terminal"], f"{s['ok']}/{s['cycles']}", *cells)
         for i, c in enumerate(p["cycles"], 1):
             if not c["ok"]:
