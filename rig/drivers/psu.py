@@ -178,6 +178,8 @@ class PsuDriver:
                     return out
                 except (VisaError, OSError, UnicodeDecodeError) as e:
                     problem = self._describe(e, line)
+                    if attempt == 1 and ";" in line and _is_timeout(e):
+                        self._why_no_reply(res, line)  # raises if the instrument says why
                     self._sink.record(Event.now(EventKind.PSU_IO, self.name, cmd=line,
                                                 reply=None, error=problem))
                     self._drop()
@@ -186,6 +188,18 @@ class PsuDriver:
                                               f"{self._hint}") from e
                     log.warning("%s: %s; reconnecting and retrying", self.who, problem)
             raise AssertionError("unreachable")
+
+    def _why_no_reply(self, res: VisaResource, line: str) -> None:
+        """A command error drops the rest of a program message (SCPI), so a query chained after
+        a bad command never answers: ask the error queue before blaming the connection."""
+        try:
+            res.write(self.dialect.error_query)
+            reply = res.read()
+            code, _ = self._parse_error(reply)
+        except (VisaError, OSError, UnicodeDecodeError, InstrumentError):
+            return
+        if code != 0:
+            self._raise_on_error(line.rsplit(";", 1)[0], reply)
 
     def _describe(self, e: Exception, line: str) -> str:
         if isinstance(e, VisaIOError) and e.error_code == constants.StatusCode.error_timeout:
@@ -207,7 +221,13 @@ class PsuDriver:
         d = self.dialect
         confirm = d.ack or readback
         with self._lock:
-            _, (ack, stamp), (err, _) = self._exchange([line, confirm, d.error_query])
+            if d.ack:
+                # one program message: the instrument answers *OPC? as soon as it switched, so the
+                # acknowledgement does not wait for this thread to get the GIL back between two
+                # writes (measured: +5.4 ms p50 / +26 ms p99 with one busy Python thread)
+                (ack, stamp), (err, _) = self._exchange([f"{line};{d.ack}", d.error_query])
+            else:
+                _, (ack, stamp), (err, _) = self._exchange([line, confirm, d.error_query])
             assert ack is not None and err is not None
             self._raise_on_error(line, err)
             try:
@@ -312,6 +332,10 @@ class PsuDriver:
     def measure_current(self, ch: int) -> float:
         line = self.dialect.command(self.dialect.measure_current, self._channel(ch))
         return self._float(line, self._query(line))
+
+
+def _is_timeout(e: Exception) -> bool:
+    return isinstance(e, VisaIOError) and e.error_code == constants.StatusCode.error_timeout
 
 
 def _is_query(line: str) -> bool:

@@ -34,28 +34,28 @@ OPC = ("*OPC?", "1")
 # (command, acknowledgement exchange) for settings, (query, reply) for queries.
 WIRE: dict[str, dict[str, Sequence[Exchange]]] = {
     "generic": {
-        "on": [("INST:NSEL 1;:OUTP ON", None), OPC],
-        "off": [("INST:NSEL 1;:OUTP OFF", None), OPC],
-        "volt": [("INST:NSEL 1;:VOLT 12.000", None), OPC],
-        "curr": [("INST:NSEL 1;:CURR 1.500", None), OPC],
+        "on": [("INST:NSEL 1;:OUTP ON;*OPC?", "1")],
+        "off": [("INST:NSEL 1;:OUTP OFF;*OPC?", "1")],
+        "volt": [("INST:NSEL 1;:VOLT 12.000;*OPC?", "1")],
+        "curr": [("INST:NSEL 1;:CURR 1.500;*OPC?", "1")],
         "state": [("INST:NSEL 1;:OUTP?", "1")],
         "meas_v": [("INST:NSEL 1;:MEAS:VOLT?", "12.000")],
         "meas_i": [("INST:NSEL 1;:MEAS:CURR?", "0.350")],
     },
     "keysight_e36300": {
-        "on": [("OUTP ON,(@1)", None), OPC],
-        "off": [("OUTP OFF,(@1)", None), OPC],
-        "volt": [("VOLT 12.000,(@1)", None), OPC],
-        "curr": [("CURR 1.500,(@1)", None), OPC],
+        "on": [("OUTP ON,(@1);*OPC?", "1")],
+        "off": [("OUTP OFF,(@1);*OPC?", "1")],
+        "volt": [("VOLT 12.000,(@1);*OPC?", "1")],
+        "curr": [("CURR 1.500,(@1);*OPC?", "1")],
         "state": [("OUTP? (@1)", "1")],
         "meas_v": [("MEAS:VOLT? (@1)", "+1.20000000E+01")],
         "meas_i": [("MEAS:CURR? (@1)", "+3.50000000E-01")],
     },
     "rigol_dp800": {
-        "on": [(":OUTP CH1,ON", None), OPC],
-        "off": [(":OUTP CH1,OFF", None), OPC],
-        "volt": [(":APPL CH1,12.000", None), OPC],
-        "curr": [(":SOUR1:CURR 1.500", None), OPC],
+        "on": [(":OUTP CH1,ON;*OPC?", "1")],
+        "off": [(":OUTP CH1,OFF;*OPC?", "1")],
+        "volt": [(":APPL CH1,12.000;*OPC?", "1")],
+        "curr": [(":SOUR1:CURR 1.500;*OPC?", "1")],
         "state": [(":OUTP? CH1", "ON")],
         "meas_v": [(":MEAS:VOLT? CH1", "12.000")],
         "meas_i": [(":MEAS:CURR? CH1", "0.350")],
@@ -109,10 +109,10 @@ def test_output_on_returns_stamp_of_the_acknowledgement(dialect):
         stamp = d.output(1, True)
     assert isinstance(stamp, Stamp)
     io = [e for e in sink.events if e.kind is EventKind.PSU_IO]
-    ack = io[-2]  # the *OPC? / read-back exchange
+    ack = io[-2]  # the "<setting>;*OPC?" / read-back exchange
     assert (ack.mono_ns, ack.wall_ns) == (stamp.mono_ns, stamp.wall_ns)
-    assert [e.data["cmd"] for e in io[-3:]] == [WIRE[dialect]["on"][0][0],
-                                                WIRE[dialect]["on"][1][0], "SYST:ERR?"]
+    sent = [cmd for cmd, _ in WIRE[dialect]["on"]] + ["SYST:ERR?"]
+    assert [e.data["cmd"] for e in io[-len(sent):]] == sent
     assert all(e.source == "psu1" for e in io)
 
 
@@ -179,7 +179,7 @@ def test_channel_without_a_limit_is_refused_when_limits_are_given():
 
 
 def test_without_limits_any_valid_value_goes_out():
-    with psu("generic", [("INST:NSEL 3;:VOLT 24.000", None), OPC, check("generic")],
+    with psu("generic", [("INST:NSEL 3;:VOLT 24.000;*OPC?", "1"), check("generic")],
              limits=None) as d:
         d.set_voltage(3, 24.0)
 
@@ -198,9 +198,9 @@ def test_bad_channel_is_a_test_error(ch):
 
 def test_second_channel_is_addressed():
     wire = {
-        "generic": [("INST:NSEL 2;:OUTP ON", None), OPC],
-        "keysight_e36300": [("OUTP ON,(@2)", None), OPC],
-        "rigol_dp800": [(":OUTP CH2,ON", None), OPC],
+        "generic": [("INST:NSEL 2;:OUTP ON;*OPC?", "1")],
+        "keysight_e36300": [("OUTP ON,(@2);*OPC?", "1")],
+        "rigol_dp800": [(":OUTP CH2,ON;*OPC?", "1")],
         "siglent_spd3303": [("OUTP CH2,ON", None), ("SYST:STAT?", "0x24")],
     }
     for dialect, exchanges in wire.items():
@@ -232,24 +232,26 @@ def test_something_that_is_not_an_instrument_is_refused_at_open():
 
 
 def test_timeout_reconnects_once_and_replays_the_exchange():
-    wire = [("INST:NSEL 1;:OUTP ON", None), ("*OPC?", timeout_error()), REOPEN,
-            ("INST:NSEL 1;:OUTP ON", None), OPC, check("generic")]
+    wire = [("INST:NSEL 1;:OUTP ON;*OPC?", timeout_error()), ("SYST:ERR?", '0,"No error"'),
+            REOPEN, ("INST:NSEL 1;:OUTP ON;*OPC?", "1"), check("generic")]
     sink = ListSink()
     with psu("generic", wire, sink=sink) as d:
         d.output(1, True)
     errors = [e for e in sink.events if "error" in e.data]
-    assert [e.data["error"] for e in errors] == ["no reply to '*OPC?' within 2.0 s"]
+    assert [e.data["error"] for e in errors] == [
+        "no reply to 'INST:NSEL 1;:OUTP ON;*OPC?' within 2.0 s"]
 
 
 def test_second_timeout_raises_a_clear_error():
-    wire = [("INST:NSEL 1;:OUTP ON", None), ("*OPC?", timeout_error()), REOPEN,
-            ("INST:NSEL 1;:OUTP ON", None), ("*OPC?", timeout_error()), REOPEN,
+    wire = [("INST:NSEL 1;:OUTP ON;*OPC?", timeout_error()), ("SYST:ERR?", timeout_error()),
+            REOPEN, ("INST:NSEL 1;:OUTP ON;*OPC?", timeout_error()), REOPEN,
             ("INST:NSEL 1;:MEAS:CURR?", "0.100")]
     with psu("generic", wire) as d:
         with pytest.raises(InstrumentError) as err:
             d.output(1, True)
         assert str(err.value) == (
-            f"psu1 ({RESOURCE}): no reply to '*OPC?' within 2.0 s (also after reconnecting); "
+            f"psu1 ({RESOURCE}): no reply to 'INST:NSEL 1;:OUTP ON;*OPC?' within 2.0 s (also "
+            "after reconnecting); "
             "is the instrument on and the LAN port right?")
         assert d.measure_current(1) == pytest.approx(0.1)  # the next call reconnects
 
@@ -278,7 +280,7 @@ def test_garbage_reply_is_an_instrument_error():
 
 def test_custom_dialect_overrides_the_config():
     odd = replace(GENERIC, name="odd", output="OUTPut:STATe {state}", on_off=("1", "0"))
-    with psu("generic", [("INST:NSEL 1;:OUTPut:STATe 1", None), OPC, check("generic")],
+    with psu("generic", [("INST:NSEL 1;:OUTPut:STATe 1;*OPC?", "1"), check("generic")],
              override=odd) as d:
         d.output(1, True)
 
@@ -298,7 +300,9 @@ class _Strict:
     def read(self) -> str:
         assert self.pending is not None
         msg, self.pending = self.pending, None
-        return {"*IDN?": "x,y,z,1", "SYST:ERR?": '0,"No error"', "*OPC?": "1"}.get(msg, "0.5")
+        if msg.endswith("*OPC?"):
+            return "1"
+        return {"*IDN?": "x,y,z,1", "SYST:ERR?": '0,"No error"'}.get(msg, "0.5")
 
     def close(self) -> None:
         pass
@@ -323,4 +327,14 @@ def test_concurrent_callers_never_interleave():
     for t in threads:
         t.join()
     assert not failures
-    assert fake.count == 2 + 4 * 100 * 4
+    assert fake.count == 2 + 4 * 100 * 3  # measure; "OUTP ON;*OPC?"; SYST:ERR?
+
+
+def test_a_bad_setting_in_one_message_is_explained_by_the_error_queue():
+    # SCPI drops the rest of a message after a command error, so "...;*OPC?" never answers
+    wire = [("INST:NSEL 1;:OUTP ON;*OPC?", timeout_error()),
+            ("SYST:ERR?", '-113,"Undefined header"'), ("SYST:ERR?", '0,"No error"')]
+    with psu("generic", wire) as d:
+        with pytest.raises(InstrumentError,
+                           match=r"'INST:NSEL 1;:OUTP ON' failed, the instrument reports -113"):
+            d.output(1, True)
