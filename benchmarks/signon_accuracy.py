@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from rig import open_rig  # noqa: E402
 from rig.config import load_lab  # noqa: E402
+from tests.truth import read, truth_cycles  # noqa: E402  (one truth, shared with the tests)
 
 FIGURES = ("boot_s", "signon_req_s", "signon_host_s", "ready_s")
 
@@ -58,29 +59,7 @@ def bench_config(tmp: Path) -> Path:
 
 
 def truth_figures(journal: Path, terminal: str) -> list[dict[str, float | None]]:
-    entries = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
-    cycles: list[list[dict]] = []
-    for e in entries:
-        if e.get("terminal") != terminal:
-            continue
-        if e["what"] == "power_on":
-            cycles.append([e])
-        elif cycles:
-            cycles[-1].append(e)
-    out = []
-    for c in cycles:
-        t0 = c[0]["mono_ns"]
-        by = {}
-        for e in c:
-            by.setdefault(e["what"], []).append(e["mono_ns"])
-        sent, got = by.get("signon_req_sent", []), by.get("signon_rsp_received", [])
-        out.append({
-            "boot_s": (by["console"][0] - t0) / 1e9 if "console" in by else None,
-            "signon_req_s": (sent[0] - t0) / 1e9 if sent else None,
-            "signon_host_s": (got[-1] - sent[-1]) / 1e9 if got and sent else None,
-            "ready_s": (by["ready"][0] - t0) / 1e9 if "ready" in by else None,
-        })
-    return out
+    return truth_cycles(read(journal), terminal)
 
 
 def busy(stop: threading.Event) -> None:
