@@ -362,6 +362,19 @@ class Rig:
                         swipe_speed_mm_s=swipe_speed_mm_s, tap_dwell_ms=tap_dwell_ms,
                         timeout_s=timeout_s)
 
+    def balance(self, terminal: str, card: str = "cup_debit", entry: str = "chip") -> Any:
+        """Balance inquiry with ``card``; the SaleResult's ``balance`` is the available balance
+        in minor units as the terminal showed it (e.g. ``"499900"`` = 4999.00)."""
+        from .sale import run_sale
+
+        return run_sale(self, terminal, amount=None, card=card, entry=entry, txn="balance")
+
+    def settle(self, terminal: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Settle the terminal's batch (0500); the host checks the totals."""
+        from .sale import run_settle
+
+        return run_settle(self, terminal, timeout_s=timeout_s)
+
     def card_check(self, card: str | None = None, reader: str | None = None,
                    contactless: bool = False) -> Any:
         """Check a card through PC/SC (ATR, AIDs, masked PAN, expiry, problems). On a virtual

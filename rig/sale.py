@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ENTRIES = ("chip", "swipe", "tap")
-TXNS = {"sale": "SALE", "preauth": "PREAUTH"}
+TXNS = {"sale": "SALE", "preauth": "PREAUTH", "balance": "BALANCE"}
 
 
 def to_minor(amount: str | int | float | Decimal) -> int:
@@ -34,7 +34,8 @@ def to_minor(amount: str | int | float | Decimal) -> int:
     return int(d * 100)
 
 
-def run_sale(rig: Rig, terminal: str, *, amount: str, card: str, entry: str, txn: str = "sale",
+def run_sale(rig: Rig, terminal: str, *, amount: str | None, card: str, entry: str,
+             txn: str = "sale",
              swipe_speed_mm_s: float | None = None, tap_dwell_ms: float | None = None,
              timeout_s: float = 60.0) -> SaleResult:
     track = rig._check(terminal)
@@ -56,7 +57,7 @@ def run_sale(rig: Rig, terminal: str, *, amount: str, card: str, entry: str, txn
     ecr = rig.ecrs.get(terminal)
     if ecr is None:
         raise TestError(f"{terminal}: no ECR port configured; a sale is started over ECR")
-    minor = to_minor(amount)
+    minor = None if txn == "balance" else to_minor(amount)
     speed = swipe_speed_mm_s or layout.swipe_speed_mm_s
     dwell = layout.tap_dwell_ms if tap_dwell_ms is None else tap_dwell_ms
     base = {"terminal": terminal, "card": card, "entry": entry, "amount_minor": minor, "txn": txn}
@@ -66,7 +67,7 @@ def run_sale(rig: Rig, terminal: str, *, amount: str, card: str, entry: str, txn
     error: str | None = None
     try:
         try:
-            ecr.command(f"{TXNS[txn]} {minor}")
+            ecr.command(TXNS[txn] if minor is None else f"{TXNS[txn]} {minor}")
         except TerminalError as e:
             outcome, error = "refused", str(e)
         if outcome is None and rig._wait_event(track, {EventKind.CARD_WAIT}, 10.0) is None:
@@ -129,3 +130,32 @@ def _cancel(ecr) -> None:
         ecr.command("CANCEL")
     except (TerminalError, InfrastructureError) as e:
         log.warning("%s: CANCEL failed: %s", ecr.terminal, e)
+
+
+def run_settle(rig: Rig, terminal: str, timeout_s: float = 30.0) -> dict[str, object]:
+    """ECR ``SETTLE``: the terminal sends its batch totals (0500); the host compares them with
+    its own. Returns outcome, rc, ``settle`` (balanced / unbalanced), stan."""
+    from .analysis.sale_metrics import line_fields
+
+    track = rig._check(terminal)
+    ecr = rig.ecrs.get(terminal)
+    if ecr is None:
+        raise TestError(f"{terminal}: no ECR port configured; settlement is started over ECR")
+    cycle = rig._begin_cycle(terminal, "settle")
+    try:
+        ecr.command("SETTLE")
+        ev = rig._wait_event(track, {EventKind.AUTH_RESULT}, timeout_s)
+    except BaseException as e:
+        taken = rig._take(terminal)
+        if taken:
+            rig._mark(taken[0], "aborted", {"outcome": "aborted", "error": str(e) or type(e).__name__})
+        raise
+    fields = line_fields(ev)
+    line = str(ev.data.get("line", "")) if ev else ""
+    outcome = line.split("RESULT ", 1)[1].split()[0] if "RESULT " in line else "failed"
+    result: dict[str, object] = {"terminal": terminal, "outcome": outcome, "rc": fields.get("rc"),
+                                 "settle": fields.get("settle"), "stan": fields.get("stan"),
+                                 "error": None if ev else f"no result within {timeout_s:.0f} s"}
+    rig._take(terminal)
+    rig._mark(cycle, "completed", result)
+    return result

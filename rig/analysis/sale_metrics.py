@@ -29,6 +29,7 @@ class SaleResult:
     rrn: str | None = None
     stan: str | None = None
     pan_masked: str | None = None
+    balance: str | None = None  # balance inquiry: as the terminal showed it
     card_to_auth_s: float | None = None
     auth_host_s: float | None = None
     auth_to_result_s: float | None = None
@@ -82,6 +83,7 @@ def sale_figures(events: Iterable[Event]) -> dict[str, Any]:
         "rrn": fields.get("rrn"),
         "stan": stan or (req.data.get("stan") if req else None),
         "pan_masked": line_fields(read).get("pan"),
+        "balance": fields.get("balance"),
         "card_to_auth_s": _s(presented, req),
         "auth_host_s": _s(req, rsp),
         "auth_to_result_s": _s(rsp, result),

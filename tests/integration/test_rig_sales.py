@@ -111,3 +111,16 @@ def test_no_full_pan_anywhere(sale_rig, tmp_path):
         for b in blobs:
             assert pan.encode() not in b, f"full PAN {pan[:6]}… found"
     assert len(data.sales) >= 1
+
+
+def test_balance_inquiry_and_settlement(sale_rig):
+    rig = sale_rig
+    r = rig.balance("T1", card="visa_credit", entry="tap")
+    assert r.outcome == "approved" and r.txn == "balance" and r.balance
+    s = rig.settle("T1")
+    assert (s["outcome"], s["rc"], s["settle"]) == ("approved", "00", "balanced"), s
+    rows = [tuple(x) for x in rig.store.query(
+        "SELECT kind, state FROM cycles WHERE terminal='T1' ORDER BY id DESC LIMIT 2")]
+    assert rows == [("settle", "completed"), ("sale", "completed")]
+    ev = rig.store.query("SELECT clock FROM events WHERE kind='settle_req'")
+    assert ev and ev[-1][0] == "kernel"
