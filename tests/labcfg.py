@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,39 @@ from rig.config import LabConfig, load_lab
 VIRTUAL_YAML = Path(__file__).resolve().parents[1] / "configs" / "labs" / "virtual.yaml"
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, below the kernel's ephemeral range, never handed out
+    twice in this process.
+
+    Binding port 0 would return an *ephemeral* port, which any outgoing connection (pyvisa,
+    pyserial, a test client) may take as its local port before the lab binds it: a rare
+    "address already in use" seen once in ~500 tests. Ports below the ephemeral range are
+    only ever taken by someone binding them on purpose.
+    """
+    hi = min(_ephemeral_low(), 65536) - 1
+    lo = max(20000, hi - 12000)
+    for _ in range(2000):
+        port = random.randint(lo, hi)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {lo}..{hi}")
 
 
 def virtual_config(tmp_path: Path, **sim_overrides: Any) -> LabConfig:
