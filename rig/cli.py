@@ -286,34 +286,37 @@ def card_check(card: Annotated[str | None, typer.Argument(help="emulated card (v
         raise typer.Exit(1)
 
 
+def _robot_do(config: str, action: str) -> str:
+    """Open the lab, run one robot action, render its outcome."""
+    from .errors import TestError
+
+    with _open(config) as rig:
+        robot = rig.robot
+        if robot is None:
+            raise TestError("this lab has no card robot (no `robot:` in the lab config)")
+        if action == "status":
+            st = robot.status()
+            return f"{robot.name}: {st.state} MPos={st.mpos}"
+        getattr(robot, action)()
+        return f"{robot.name}: {'homed' if action == 'home' else 'parked'}"
+
+
 @robot_app.command("status")
 def robot_status(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """GRBL state and machine position."""
-    with _open(config) as rig:
-        if rig.robot is None:
-            raise typer.BadParameter("this lab has no robot")
-        st = rig.robot.status()
-    out.print(f"{rig.robot.name}: {st.state} MPos={st.mpos}")
+    out.print(_robot_do(config, "status"))
 
 
 @robot_app.command("home")
 def robot_home(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Home the robot ($H)."""
-    with _open(config) as rig:
-        if rig.robot is None:
-            raise typer.BadParameter("this lab has no robot")
-        rig.robot.home()
-    out.print("homed")
+    out.print(_robot_do(config, "home"))
 
 
 @robot_app.command("park")
 def robot_park(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Move the robot to its park position."""
-    with _open(config) as rig:
-        if rig.robot is None:
-            raise typer.BadParameter("this lab has no robot")
-        rig.robot.park()
-    out.print("parked")
+    out.print(_robot_do(config, "park"))
 
 
 def main() -> None:
