@@ -2,10 +2,10 @@
 financial messages."""
 
 from .accounts import Accounts, Ledger, TxnRecord
-from .rules import ResponseRules
+from .rules import HostFaultSpec, ResponseRules
 from .server import AcquirerHost
 from .state import HostState, HostStates
 from .txn import TxnOutcome, TxnProcessor
 
-__all__ = ["Accounts", "AcquirerHost", "HostState", "HostStates", "Ledger", "ResponseRules",
-           "TxnOutcome", "TxnProcessor", "TxnRecord"]
+__all__ = ["Accounts", "AcquirerHost", "HostFaultSpec", "HostState", "HostStates", "Ledger",
+           "ResponseRules", "TxnOutcome", "TxnProcessor", "TxnRecord"]

@@ -2,13 +2,22 @@
 financial messages (decided by :mod:`rig.host.txn`), record.
 
 Runs in its own thread on a blocking socket. Each request is stamped with the kernel receive
-time of its last TCP segment (see :mod:`rig.host.timestamps`); each response right after
-``sendall`` returned. A protocol error is recorded and closes this connection only.
+time of its last TCP segment, each response with the kernel's transmit stamp (see
+:mod:`rig.netstamp`). A protocol error is recorded and closes this connection only.
+
+Host faults (:class:`rig.host.rules.HostFaultSpec`) are looked up once a request is decoded
+and classified (after the receive stamp). What they did is in the events: a ``*_RSP`` carries
+``fault`` (the actions, comma-separated), ``fault_ids`` and, with a delay, ``fault_delay_ms``;
+under ``no_response`` / ``close`` no reply is sent and the ``*_REQ`` event carries ``fault``,
+``fault_ids`` and ``answered: False`` (``close`` then ends with HOST_DISCONNECT reason
+``fault close``); under ``garbage`` the ``*_RSP`` has ``rc: None``, ``host_rc`` (what the host
+decided) and ``length`` (of the random body sent).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -27,7 +36,7 @@ from rig.redact import redact_text
 
 from ..netstamp import RxStamp, StampedReader, send_stamped
 from . import responses
-from .rules import APPROVED, ResponseRules
+from .rules import APPROVED, NO_FAULTS, FaultPlan, MessageClass, ResponseRules
 from .state import HostStates
 from .txn import RC_INVALID_MERCHANT, TxnProcessor, request_event
 
@@ -61,6 +70,9 @@ class HostContext:
     txn: TxnProcessor | None = None  # financial requests (CUP only)
 
 
+_FINANCIAL_CLASS: dict[str, MessageClass] = {"0400": "reversal", "0500": "settle"}
+
+
 class _Close(Exception):
     """End this session; ``reason`` goes into HOST_DISCONNECT."""
 
@@ -81,6 +93,7 @@ class Session:
         self.reader = StampedReader(sock, ctx.mapper, idle_timeout_s=ctx.idle_timeout_s,
                                     frame_timeout_s=ctx.frame_timeout_s)
         self.frames = 0
+        self.held = False  # a reply was withheld (no_response): no idle timeout until a frame
 
     # --- loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -118,6 +131,8 @@ class Session:
             if self.reader.in_frame:
                 self._protocol_error(f"frame incomplete after {self.ctx.frame_timeout_s:g} s "
                                      f"({self.reader.frame_bytes} bytes received)")
+            if self.held:  # the peer waits for the reply it will never get: let it close
+                return
             raise _Close("idle timeout") from None
         except OSError as e:
             raise _Close("host stopped" if self.ctx.stopping.is_set()
@@ -175,13 +190,42 @@ class Session:
         self._record(Event(rx.mono_ns, rx.wall_ns, kind, SOURCE, terminal,
                            {"peer": self.peer, **data}, rx.clock))
 
+    def _faults(self, name: str | None, message: MessageClass) -> FaultPlan:
+        return self.ctx.rules.take_faults(name, message) if name is not None else NO_FAULTS
+
+    def _request(self, rx: RxStamp, kind: EventKind, name: str | None, plan: FaultPlan,
+                 **data: object) -> None:
+        """Record the request event; under ``close`` end the session unanswered."""
+        action = plan.disposition
+        if action in ("close", "no_response"):
+            data.update(plan.event_data(), answered=False)
+        self._stamped(rx, kind, name, **data)
+        if action == "close":
+            raise _Close("fault close")
+
+    def _answer(self, plan: FaultPlan, rx: RxStamp, reply: Message, mak: bytes | None,
+                delay_s: float, kind: EventKind, name: str | None,
+                data: dict[str, object]) -> None:
+        """Send ``reply`` (or what the faults make of it) and record the response event."""
+        if plan.disposition == "no_response":
+            self.held = True
+            return
+        body = self._encode(reply, mak, bad_mac=plan.bad_mac)
+        if plan.disposition == "garbage":
+            body = self._garbage(len(body))
+            data = {**data, "rc": None, "host_rc": data.get("rc"), "length": len(body)}
+        tx = self._send(body, rx, delay_s + plan.delay_ms / 1000.0)
+        self.held = False
+        self._stamped(tx, kind, name, **data, **plan.event_data())
+
     def _signon(self, msg: Message, rx: RxStamp, tid: str,
                 terminal: tuple[str, bytes, str] | None) -> None:
         ctx = self.ctx
         key_mode = responses.key_mode(ctx.dialect, msg, terminal[2] if terminal else None)
         name = terminal[0] if terminal else None
         stan = str(msg.get("11", ""))
-        self._stamped(rx, EventKind.SIGNON_REQ, name, stan=stan, key_mode=key_mode,
+        plan = self._faults(name, "signon")
+        self._request(rx, EventKind.SIGNON_REQ, name, plan, stan=stan, key_mode=key_mode,
                       terminal_id=tid)
         field62 = None
         keys = None
@@ -189,7 +233,7 @@ class Session:
             rc = RC_INVALID_MERCHANT
             log.warning("host: sign-on from unknown terminal id %r (%s)", tid, self.peer)
         else:
-            rc = ctx.rules.rc_for(name, APPROVED)
+            rc = plan.rc or ctx.rules.rc_for(name, APPROVED)
             if rc == APPROVED and key_mode is not None and responses.carries_keys(ctx.dialect):
                 keys = generate_working_keys(key_mode)
                 field62 = encode_field62(terminal[1], keys, key_mode)
@@ -201,22 +245,24 @@ class Session:
                                      key_mode=key_mode, mono_ns=rx.mono_ns)
             else:
                 ctx.states.signed_off(name)
-        tx = self._send(reply, rx, ctx.rules.processing_delay_s(name))
-        self._stamped(tx, EventKind.SIGNON_RSP, name, peer=self.peer, rc=rc, stan=stan)
+        self._answer(plan, rx, reply, None, ctx.rules.processing_delay_s(name),
+                     EventKind.SIGNON_RSP, name, {"rc": rc, "stan": stan})
 
     def _network(self, msg: Message, rx: RxStamp, kind: str, name: str | None) -> None:
         ctx = self.ctx
         mti = str(msg.get("t"))
         stan = str(msg.get("11", ""))
         code = ctx.dialect.network_code(msg)
-        self._stamped(rx, EventKind.NET_REQ, name, mti=mti, stan=stan, code=code, what=kind)
-        rc = ctx.rules.rc_for(name, APPROVED) if name else RC_INVALID_MERCHANT
+        plan = self._faults(name, "network")
+        self._request(rx, EventKind.NET_REQ, name, plan, mti=mti, stan=stan, code=code,
+                      what=kind)
+        rc = (plan.rc or ctx.rules.rc_for(name, APPROVED)) if name else RC_INVALID_MERCHANT
         reply = responses.network_response(ctx.dialect, msg, rc=rc, rrn=ctx.next_rrn())
         if kind == "signoff" and name is not None and rc == APPROVED:
             ctx.states.signed_off(name)
-        tx = self._send(reply, rx, ctx.rules.processing_delay_s(name))
-        self._stamped(tx, EventKind.NET_RSP, name, peer=self.peer, mti=str(reply.get("t")),
-                      rc=rc, stan=stan, code=code)
+        self._answer(plan, rx, reply, None, ctx.rules.processing_delay_s(name),
+                     EventKind.NET_RSP, name,
+                     {"mti": str(reply.get("t")), "rc": rc, "stan": stan, "code": code})
 
     def _financial(self, txn: TxnProcessor, msg: Message, rx: RxStamp, body: bytes) -> None:
         """0100 / 0200 / 0400 / 0500: request event (kernel stamp), answer, response event."""
@@ -224,20 +270,48 @@ class Session:
         terminal = self.ctx.terminals.get(tid)
         name = terminal[0] if terminal else None
         check_financial(msg)  # malformed: a protocol error, like a bad 08x0
+        mti = str(msg.get("t"))
+        plan = self._faults(name, _FINANCIAL_CLASS.get(mti, "auth"))
         kind, data = request_event(msg)
-        self._stamped(rx, kind, name, terminal_id=tid, **data)
-        outcome = txn.handle(msg, body, name)
-        tx = self._send(outcome.reply, rx, self.ctx.rules.processing_delay_s(name),
-                        mak=outcome.mak)
-        self._stamped(tx, outcome.event, name, peer=self.peer, **outcome.data)
+        self._request(rx, kind, name, plan, terminal_id=tid, **data)
+        outcome = txn.handle(msg, body, name, fault_rc=plan.rc)
+        rc_id = plan.rc_id
+        if rc_id is not None and not outcome.by_fault:  # answered before the rc applied
+            self.ctx.rules.refund_fault(rc_id)
+            plan = plan.without("rc")
+        self._answer(plan, rx, outcome.reply, outcome.mak,
+                     self.ctx.rules.processing_delay_s(name), outcome.event, name,
+                     dict(outcome.data))
 
     # --- I/O --------------------------------------------------------------------------------
-    def _send(self, reply: Message, rx: RxStamp, delay_s: float,
-              mak: bytes | None = None) -> RxStamp:
-        """Encode (MAC'd under ``mak`` if given), wait until ``delay_s`` after the request
-        arrived, send the whole frame; returns the kernel's transmit stamp (thread stamp
-        after ``sendall`` where TX stamping is unavailable)."""
-        data = frame(self.ctx.dialect.encode(reply, mak=mak))
+    def _encode(self, reply: Message, mak: bytes | None, *, bad_mac: bool = False) -> bytes:
+        """The reply's body, MAC'd under ``mak`` if given; with ``bad_mac`` always carrying a
+        MAC field that does not verify under ``mak`` (a MAC under a random key)."""
+        dialect = self.ctx.dialect
+        if not bad_mac:
+            return dialect.encode(reply, mak=mak)
+        good = dialect.encode(reply, mak=mak)[-8:] if mak is not None else None
+        while True:  # a random key's MAC equals the right one once in 2**32 tries
+            body = dialect.encode(reply, mak=os.urandom(len(mak) if mak is not None else 16))
+            if body[-8:] != good:
+                return body
+
+    def _garbage(self, length: int) -> bytes:
+        """``length`` random bytes that the dialect cannot decode."""
+        junk = os.urandom(length)
+        for _ in range(64):  # one try in practice; bounded for a reply too short to fail
+            try:
+                self.ctx.dialect.decode(junk)
+            except Exception:
+                break
+            junk = os.urandom(length)
+        return junk
+
+    def _send(self, body: bytes, rx: RxStamp, delay_s: float) -> RxStamp:
+        """Wait until ``delay_s`` after the request arrived, send ``body`` as one frame;
+        returns the kernel's transmit stamp (thread stamp after ``sendall`` where TX stamping
+        is unavailable)."""
+        data = frame(body)
         wait_s = (rx.mono_ns + int(delay_s * 1e9) - time.monotonic_ns()) / 1e9
         if wait_s > 0 and self.ctx.stopping.wait(wait_s):
             raise _Close("host stopped")

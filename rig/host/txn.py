@@ -8,7 +8,8 @@ Order of the checks of a sale / pre-auth / balance / void:
 2. a financial MTI the rig does not serve (refund 0220, completion…) → 40; a required
    field missing (11, 60.2, PAN, amount) → 30; amount 0 → 13;
 3. the STAN already used by this terminal in this batch → 94;
-4. an override (``HostConfig.overrides`` / ``ResponseRules.add_override``, first match of
+4. a host fault's rc (``ResponseRules.add_fault``, action ``rc``, handed in by the session),
+   else an override (``HostConfig.overrides`` / ``ResponseRules.add_override``, first match of
    terminal, card, amount) forces its rc; a forced 00 skips the card and funds checks
    (balances still move, possibly below zero);
 5. PAN unknown or ``known_to_host: false`` → 14; expired (field 14 / track 2 as sent, or
@@ -19,7 +20,8 @@ Order of the checks of a sale / pre-auth / balance / void:
 A reversal (0400) is answered 00 whatever it finds (CUP practice, so the terminal clears
 it); it undoes an approved original once. Settlement (0500) is answered 00 with result 1
 (balanced) or 2 in 48, comparing the terminal's totals (domestic + foreign blocks summed)
-with the host's (approved sales of the batch not voided or reversed).
+with the host's (approved sales of the batch not voided or reversed). A host fault's rc other
+than 00 answers a reversal or a settlement (after the MAC check) without processing it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from rig.errors import ProtocolError
@@ -69,6 +71,7 @@ class TxnOutcome:
     rc: str
     event: EventKind
     data: dict[str, object]
+    by_fault: bool = False  # the host fault's rc decided the answer
 
 
 def _rsp_event(mti: object) -> EventKind:
@@ -137,8 +140,10 @@ class TxnProcessor:
                            "auth_code": auth, "rrn": rrn, **data})
 
     # --- entry ------------------------------------------------------------------------------
-    def handle(self, msg: Message, body: bytes, terminal: str | None) -> TxnOutcome:
-        """Answer one decoded financial request (``body`` as received, for the MAC)."""
+    def handle(self, msg: Message, body: bytes, terminal: str | None, *,
+               fault_rc: str | None = None) -> TxnOutcome:
+        """Answer one decoded financial request (``body`` as received, for the MAC);
+        ``fault_rc``: a host fault's forced response code (see the module doc)."""
         if terminal is None:
             return self._reply(msg, RC_INVALID_MERCHANT, None)
         state = self.states.get(terminal)
@@ -149,15 +154,20 @@ class TxnProcessor:
         kind = txn_kind(msg)
         if kind is None:
             return self._reply(msg, r.RC_NOT_SUPPORTED, keys.mak)
+        if fault_rc is not None and fault_rc != APPROVED and kind in ("reversal", "settlement"):
+            out = self._reply(msg, fault_rc, keys.mak, outcome="fault")
+            return replace(out, by_fault=True)
         if kind == "reversal":
-            return self._reversal(msg, terminal, keys.mak)
-        if kind == "settlement":
-            return self._settlement(msg, terminal, keys.mak)
-        return self._authorize(msg, kind, terminal, keys.mak)
+            out = self._reversal(msg, terminal, keys.mak)
+        elif kind == "settlement":
+            out = self._settlement(msg, terminal, keys.mak)
+        else:
+            return self._authorize(msg, kind, terminal, keys.mak, fault_rc)
+        return replace(out, by_fault=True) if fault_rc == out.rc == APPROVED else out
 
     # --- authorizations -------------------------------------------------------------------
-    def _authorize(self, msg: Message, kind: TxnKind, terminal: str,
-                   mak: bytes) -> TxnOutcome:
+    def _authorize(self, msg: Message, kind: TxnKind, terminal: str, mak: bytes,
+                   fault_rc: str | None = None) -> TxnOutcome:
         stan, batch, pan, amount = msg.get("11"), batch_of(msg), card_pan(msg), amount_of(msg)
         if not stan or batch is None or pan is None or (kind != "balance" and amount is None):
             return self._reply(msg, r.RC_FORMAT_ERROR, mak, txn=kind)
@@ -166,7 +176,7 @@ class TxnProcessor:
             return self._reply(msg, r.RC_DUPLICATE, mak, txn=kind)
         card = self.accounts.by_pan(pan)
         name = card.name if card is not None else None
-        forced = self.rules.txn_rc(terminal, name, amount)
+        forced = fault_rc if fault_rc is not None else self.rules.txn_rc(terminal, name, amount)
         original: TxnKey | None = None
         if forced is not None and forced != APPROVED:
             rc = forced
@@ -183,6 +193,8 @@ class TxnProcessor:
                    if approved and kind == "balance" and name is not None else None)
         out = self._reply(msg, rc, mak, auth_code=auth_code, balance_minor=balance, txn=kind,
                           card=name, forced=forced is not None)
+        if fault_rc is not None:
+            out = replace(out, by_fault=True)
         self.ledger.put(TxnRecord(key, kind, rc, "approved" if approved else "declined",
                                   name, pan, amount or 0, auth_code, str(out.data["rrn"]),
                                   original, forced is not None))
