@@ -51,7 +51,7 @@ TxnKind = Literal["sale", "preauth", "balance", "void", "reversal", "settlement"
 FINANCIAL_MTIS = frozenset({"0100", "0200", "0220", "0400", "0500"})
 """Request MTIs the host answers as financial messages (others are network or errors)."""
 
-ENTRY_CODES: dict[str, str] = {"chip": "05", "swipe": "02", "tap": "07"}
+ENTRY_CODES: dict[str, str] = {"chip": "05", "swipe": "02", "tap": "07", "fallback": "80"}
 """22.1 (PAN entry mode) per way of reading the card."""
 _ENTRY_BACK = {v: k for k, v in ENTRY_CODES.items()}
 

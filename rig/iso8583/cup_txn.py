@@ -37,12 +37,14 @@ settlement / None), ``card_pan`` (2, else track 2), ``card_expiry`` (14, else tr
 
 Field layouts chosen (CUP POS practice):
 
-- 22 = entry mode (05 chip, 02 swipe, 07 contactless) + PIN capability digit (22.2):
+- 22 = entry mode (05 chip, 02 swipe, 07 contactless, 80 fallback: a chip card's magstripe
+  read after its chip failed, ``entry_mode="fallback"``) + PIN capability digit (22.2):
   ``"051"``, sent left-aligned as n4 (``05 10``).
 - 23 = ``"0"`` + the 2-digit PAN sequence number (n3, from 5F34).
 - 60 = 60.1 message type (22 sale, 10 pre-auth, 01 balance, 23 void) + 60.2 batch (6) +
   60.3 network code ``000`` + 60.4 terminal read capability ``6`` (contact and
-  contactless chip) + 60.5 chip condition ``0`` (no fallback): 13 digits. Settlement:
+  contactless chip) + 60.5 chip condition ``0`` (``2`` for a fallback: the last chip read
+  failed): 13 digits. Settlement:
   ``00`` + batch + ``201``.
 - 61 (void) = original batch (6) + original STAN (6).
 - 48 (settlement, 62 digits) = domestic block (debit count n3, debit amount n12, credit
@@ -98,6 +100,7 @@ __all__ = [
     "DEFAULT_HEADER",
     "DEFAULT_TPDU",
     "ENTRY_CODES",
+    "FALLBACK",
     "FINANCIAL_MTIS",
     "PROC_BALANCE",
     "PROC_PREAUTH",
@@ -134,6 +137,8 @@ __all__ = [
 _TYPE_CODE = {"sale": "22", "preauth": "10", "balance": "01", "void": "23"}
 _READ_CAPABILITY = "6"  # 60.4: contact and contactless chip
 _CHIP_CONDITION = "0"  # 60.5: no fallback
+FALLBACK = "fallback"  # entry_mode of a fallback swipe: 22.1 = 80, 60.5 = 2
+_FALLBACK_CODE, _FALLBACK_CONDITION = "80", "2"
 _DROP_IN_REVERSAL = ("26", "35", "36", "52", "53", "64")
 _ECHO = ("3", "4", "11", "22", "25", "41", "42", "49", "60", "61")
 
@@ -154,11 +159,12 @@ def _amount(amount_minor: int) -> str:
 
 
 def _entry(entry_mode: str, pin_capability: str) -> str:
-    if entry_mode not in ENTRY_CODES:
-        raise ProtocolError(f"entry mode {entry_mode!r}: expected one of {sorted(ENTRY_CODES)}")
+    codes = {**ENTRY_CODES, FALLBACK: _FALLBACK_CODE}
+    if entry_mode not in codes:
+        raise ProtocolError(f"entry mode {entry_mode!r}: expected one of {sorted(codes)}")
     if pin_capability not in ("0", "1", "2"):
         raise ProtocolError(f"PIN capability must be 0, 1 or 2, got {pin_capability!r}")
-    return ENTRY_CODES[entry_mode] + pin_capability
+    return codes[entry_mode] + pin_capability
 
 
 def _card_fields(pan: str | None, expiry: str | None, pan_sequence: str | None,
@@ -181,8 +187,9 @@ def _card_fields(pan: str | None, expiry: str | None, pan_sequence: str | None,
     return out
 
 
-def _f60(kind: str, batch: int | str) -> str:
-    return _TYPE_CODE[kind] + _num(batch, 6, "batch") + "000" + _READ_CAPABILITY + _CHIP_CONDITION
+def _f60(kind: str, batch: int | str, entry_mode: str = "") -> str:
+    cond = _FALLBACK_CONDITION if entry_mode == FALLBACK else _CHIP_CONDITION
+    return _TYPE_CODE[kind] + _num(batch, 6, "batch") + "000" + _READ_CAPABILITY + cond
 
 
 def _card_request(mti: str, proc: str, kind: str, cond: str, *, stan: int | str,
@@ -201,7 +208,7 @@ def _card_request(mti: str, proc: str, kind: str, cond: str, *, stan: int | str,
     msg["41"] = terminal_id
     msg["42"] = merchant_id
     msg["49"] = _num(currency, 3, "currency")
-    msg["60"] = _f60(kind, batch)
+    msg["60"] = _f60(kind, batch, entry_mode)
     return dict(sorted(msg.items(), key=_order))
 
 

@@ -7,7 +7,9 @@ until SIGINT / SIGTERM). The truth journal is appended to; each run is framed by
 PSU channel N powers every terminal whose ``power`` names a PSU and channel N (several
 terminals on one channel share it and their currents add up). With a ``robot:`` layout (and
 its robot instrument) the lab serves a GRBL robot on ``sim.grbl_listen`` whose moves drive the
-:class:`CardWorld`, which hands card events to the terminals with ``stations``.
+:class:`CardWorld`, which hands card events to the terminals with ``stations``. On
+``sim.control_listen`` it serves the control port (:mod:`rig.sim.control`: card faults and
+terminal quirks, JSON lines).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 
 from ..config import LabConfig
 from ..errors import InfrastructureError
+from .control import ControlServer
 from .grbl import GrblServer
 from .journal import TruthJournal
 from .lines import parse_hostport
@@ -74,6 +77,7 @@ class VirtualLab:
             for name in stations:
                 self.terminals[name].world = self.world
                 self.world.attach(name, self.terminals[name].card_event)
+        self.control = ControlServer(self.terminals, self.world, self.journal)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -94,6 +98,8 @@ class VirtualLab:
         out = {"psu": f"{parse_hostport(self.cfg.sim.psu_listen)[0]}:{self.psu.port}"}
         if self.grbl is not None:
             out["robot"] = f"{parse_hostport(self.cfg.sim.grbl_listen)[0]}:{self.grbl.port}"
+        if self.control.address:
+            out["control"] = f"{self.control.address[0]}:{self.control.address[1]}"
         for name, t in self.terminals.items():
             for kind, srv in (("console", t.console), ("ecr", t.ecr)):
                 if srv.address:
@@ -115,6 +121,8 @@ class VirtualLab:
         await self.psu.start(host, port)
         if self.grbl is not None:
             await self.grbl.start(*parse_hostport(self.cfg.sim.grbl_listen))
+        if self.cfg.sim.control_listen:
+            await self.control.start(*parse_hostport(self.cfg.sim.control_listen))
         for t in self.terminals.values():
             await t.start()
 
@@ -133,6 +141,10 @@ class VirtualLab:
                 await self.grbl.stop()
             except Exception:
                 log.exception("stopping the GRBL server")
+        try:
+            await self.control.stop()
+        except Exception:
+            log.exception("stopping the control port")
 
     def start(self, timeout_s: float = 10.0) -> VirtualLab:
         """Start the loop thread; returns once every server listens (raises if one cannot)."""

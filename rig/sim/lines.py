@@ -39,9 +39,11 @@ def parse_hostport(text: str) -> tuple[str, int]:
 class LineServer:
     """Line-oriented TCP server; ``handler(line) -> reply | None`` runs in the event loop."""
 
-    def __init__(self, name: str, handler: Callable[[str], str | None] | None = None) -> None:
+    def __init__(self, name: str, handler: Callable[[str], str | None] | None = None,
+                 eol: bytes = b"\r\n") -> None:
         self.name = name
         self._handler = handler
+        self._eol = eol
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self.address: tuple[str, int] | None = None
@@ -58,7 +60,7 @@ class LineServer:
 
     def broadcast(self, line: str) -> None:
         """Write one line to every connected client; returns once the writes returned."""
-        data = line.encode("utf-8", "replace") + b"\r\n"
+        data = line.encode("utf-8", "replace") + self._eol
         for w in list(self._clients):
             self._write(w, data)
 
@@ -97,7 +99,7 @@ class LineServer:
                     log.exception("%s: handler failed on %r", self.name, text)
                     reply = "ERR 99 internal error"
                 if reply is not None:
-                    self._write(writer, reply.encode("utf-8", "replace") + b"\r\n")
+                    self._write(writer, reply.encode("utf-8", "replace") + self._eol)
         finally:
             self._clients.discard(writer)
             writer.close()

@@ -10,6 +10,17 @@ after ``sim.result_display``. A reversal is stored before the request leaves (NV
 cleared by any answer, so a timeout, a lost connection or a power cut leaves it pending; it is
 sent before the next online transaction (``1 + sim.reversal_retries`` attempts in all).
 Only masked PANs reach the console, the journal and the log; never track 2, field 55 or keys.
+
+Card faults, as field guides describe them: a failed chip read (no ATR, unreadable record…)
+says ``CARD fail reason=…`` then ``CARD insert again``; after ``sim.chip_fallback_after``
+failed chip reads in one transaction it says ``CARD fallback swipe`` instead and takes a swipe
+of that chip card as a fallback (22 = ``80x``, 60.5 = ``2``; ``CARD read mode=fallback``).
+A chip card (service code 2xx/6xx) swiped outside fallback is a plain swipe, or ``CARD fail
+reason=use chip`` with ``sim.swipe_chip_cards: false``. A card not pushed fully home says
+``CARD fail reason=insert again`` then ``CARD insert again`` (not counted towards fallback:
+the chip was never read); a magstripe with a bad LRC ``CARD fail reason=bad LRC,
+swipe again``. Quirks of the terminal (``no_reversal``, ``no_resignon``, ``no_fallback``) break
+the matching behaviour on purpose (see :mod:`rig.sim.control`).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ CARD_TIMEOUT_MS = 30_000  # x sim.time_scale
 COMMANDS = {"SALE": "sale", "PREAUTH": "preauth", "BALANCE": "balance", "VOID": "void", "SETTLE": "settle"}
 MODE_OF = {"inserted": "chip", "swiped": "swipe", "tapped": "tap"}
 REVERSIBLE = ("sale", "preauth", "void")
+NOT_CHIP_FAILURES = ("card removed", "no chip, swipe")  # chip read errors that are no chip fault
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,8 @@ class Txn:
     cards: asyncio.Queue[CardEvent | None] = field(default_factory=asyncio.Queue)  # None: CANCEL
     online: bool = False  # past the point where CANCEL works
     cancelled: bool = False
+    chip_failures: int = 0  # failed chip reads (for fallback)
+    fallback: bool = False  # fallback to swipe offered
 
 
 class Finished(Exception):  # noqa: N818 - control flow: ends a transaction with its RESULT
@@ -180,7 +194,8 @@ class Transactions:
             if self.txn is txn:
                 self.txn, self._task = None, None
         if end.status == "declined" and end.rc == "A0":
-            t.sign_on_again()  # the host said MAC error: fetch fresh working keys
+            if not t.quirk("no_resignon", skipped="sign-on after A0"):
+                t.sign_on_again()  # the host said MAC error: fetch fresh working keys
 
     async def _card(self, txn: Txn) -> CardData:
         t, loop = self.t, asyncio.get_running_loop()
@@ -195,12 +210,27 @@ class Transactions:
                 raise Finished("failed", "CT", "card timeout") from None
             if ev is None or txn.cancelled:
                 raise Finished("failed", "CX", "cancelled")
+            if ev.kind == "shallow":
+                if txn.fallback:
+                    t.say("INFO", "CARD fallback swipe")
+                else:  # not seated: no chip read, so no step towards fallback
+                    self._fail("chip", "insert again")
+                    t.say("INFO", "CARD insert again", what="card_insert_again",
+                          chip_failures=txn.chip_failures, shallow=True)
+                continue
             mode = MODE_OF.get(ev.kind)
             if mode is None:
                 continue  # removed
+            if mode == "chip" and txn.fallback:
+                t.say("INFO", "CARD fallback swipe")  # the chip had its chances
+                continue
             modes = ev.card.profile.entry_modes
             if mode != "chip" and mode not in modes:
                 self._fail(mode, f"card does not support {mode}")
+                continue
+            if (mode == "swipe" and ev.card.is_chip_card and not txn.fallback
+                    and not t.sim.swipe_chip_cards):
+                self._fail(mode, "use chip")
                 continue
             t.say("INFO", f"CARD present mode={mode}")
             await asyncio.sleep(t.delay_s(t.sim.card_read))
@@ -208,15 +238,28 @@ class Transactions:
                 data = self._read(ev, mode, txn)
             except CardReadError as e:
                 self._fail(mode, e.reason)
+                if mode == "chip" and e.reason not in NOT_CHIP_FAILURES:
+                    self._chip_failed(txn)
                 continue
             if txn.cancelled:
                 raise Finished("failed", "CX", "cancelled")
-            t.say("INFO", f"CARD read mode={mode} pan={data.masked_pan}", what="card_read",
-                  mode=mode, pan=data.masked_pan, aid=data.aid)
+            t.say("INFO", f"CARD read mode={data.mode} pan={data.masked_pan}", what="card_read",
+                  mode=data.mode, pan=data.masked_pan, aid=data.aid)
             return data
 
     def _fail(self, mode: str, reason: str) -> None:
         self.t.say("WARN", f"CARD fail reason={reason}", what="card_fail", mode=mode, reason=reason)
+
+    def _chip_failed(self, txn: Txn) -> None:
+        """One more failed chip read: insert again, or (after ``sim.chip_fallback_after``) swipe."""
+        t = self.t
+        txn.chip_failures += 1
+        due = txn.chip_failures >= t.sim.chip_fallback_after
+        if due and not t.quirk("no_fallback", skipped="fallback", chip_failures=txn.chip_failures):
+            txn.fallback = True
+            t.say("INFO", "CARD fallback swipe", what="card_fallback", chip_failures=txn.chip_failures)
+        else:
+            t.say("INFO", "CARD insert again", what="card_insert_again", chip_failures=txn.chip_failures)
 
     def _read(self, ev: CardEvent, mode: str, txn: Txn) -> CardData:
         t, p = self.t, ev.card.profile
@@ -224,17 +267,20 @@ class Transactions:
             speed = ev.speed_mm_s or 0.0
             if not t.sim.swipe_speed_min_mm_s <= speed <= t.sim.swipe_speed_max_mm_s:
                 raise CardReadError("swipe again")
-            return CardData("swipe", p.pan, p.track2)
+            if ev.card.fault == "bad_lrc":
+                raise CardReadError("bad LRC, swipe again")
+            fallback = txn.fallback and ev.card.is_chip_card
+            return CardData(cup_txn.FALLBACK if fallback else "swipe", p.pan, p.track2)
         if mode == "chip":
             if t.world is not None and t.world.inserted(t.name) is not ev.card:
                 raise CardReadError("card removed")
             if not p.aids or "chip" not in p.entry_modes:
                 raise CardReadError("no chip, swipe")
-        chip = ev.card.chip
-        chip.reset()
-        if chip.atr() is None:
+        card = ev.card
+        card.reset()
+        if card.atr() is None:
             raise CardReadError("no ATR")
-        r = read_card(chip.transmit, contactless=mode == "tap", amount_minor=txn.amount or 0,
+        r = read_card(card.transmit, contactless=mode == "tap", amount_minor=txn.amount or 0,
                       unpredictable=os.urandom(4), when=date.today())
         return CardData(mode, r.pan, r.track2, r.expiry, r.pan_sequence, r.field55, r.aid)
 
@@ -249,7 +295,7 @@ class Transactions:
                 sum(e.amount for e in self.batch if e.kind == "sale" and not e.voided))
             return cup_txn.settlement_request(**ids, totals=totals)
         assert card is not None
-        chip = card.mode != "swipe"
+        chip = card.mode not in ("swipe", cup_txn.FALLBACK)
         ids.update(entry_mode=card.mode, pan=card.pan if chip else None, track2=card.track2,
                    expiry=card.expiry, pan_sequence=card.pan_sequence if chip else None,
                    field55=card.field55 if chip else None)
@@ -323,6 +369,8 @@ class Transactions:
 
     # --- reversal -----------------------------------------------------------------------------
     def _store_reversal(self, rev: Message) -> None:
+        if self.t.quirk("no_reversal", skipped="store reversal", stan=rev.get("11")):
+            return
         self.reversal, self.reversal_left = rev, 1 + self.t.sim.reversal_retries
 
     def _clear_reversal(self) -> None:
@@ -330,6 +378,9 @@ class Transactions:
 
     async def _send_reversal(self) -> None:
         t = self.t
+        if self.reversal is not None and t.quirk("no_reversal", skipped="send reversal",
+                                                  stan=self.reversal.get("11")):
+            return
         while self.reversal is not None and self.reversal_left > 0:
             rev = self.reversal
             stan = str(rev.get("11"))

@@ -8,6 +8,14 @@ The sign-on timeout is not scaled: it bounds how long the terminal tolerates the
 journal, stamped right after the I/O call returned (host replies: the kernel's receive stamp).
 Card transactions (ECR ``SALE`` ...) live in :mod:`rig.sim.sale`; card events come from the
 lab's :class:`rig.sim.world.CardWorld`.
+
+Quirks (:data:`QUIRKS`, switched through the lab's control port, :mod:`rig.sim.control`) break
+one correct behaviour each, so a scenario can show its verdict turning to fail:
+``no_reversal`` (never stores or sends a reversal), ``no_resignon`` (ignores A0),
+``no_retry`` (gives up after the first failed sign-on attempt), ``no_fallback`` (never offers
+fallback to swipe), ``ignore_login`` (accepts any operator id and password). A quirk prints
+nothing on the console (a faulty terminal does not say so); each time one changes what the
+terminal does, the truth journal gets a ``quirk_effect`` entry.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from .sale import COMMANDS, Transactions
 from .world import CardEvent, CardWorld
 
 log = logging.getLogger(__name__)
+
+
+QUIRKS = ("no_reversal", "no_resignon", "no_retry", "no_fallback", "ignore_login")
 
 
 class TerminalState(StrEnum):
@@ -66,6 +77,14 @@ class VirtualTerminal:
         self.ecr = LineServer(f"{name} ecr", self._on_ecr)
         self.world: CardWorld | None = None  # set by the lab when it has a card robot
         self.txns = Transactions(self)
+        self.quirks: set[str] = set()  # see QUIRKS
+
+    def quirk(self, name: str, **data: object) -> bool:
+        """Whether quirk ``name`` is on; when it is, journal its effect (``quirk_effect``)."""
+        if name not in self.quirks:
+            return False
+        self.journal.record(self.name, "quirk_effect", quirk=name, **data)
+        return True
 
     # --- lifecycle of the servers -------------------------------------------------------------
     async def start(self) -> None:
@@ -166,6 +185,8 @@ class VirtualTerminal:
             self.say("WARN", f"SIGNON fail rc={out.rc} attempt={n}", what="signon_fail",
                       rc=out.rc, attempt=n, reason=out.reason, detail=out.detail)
             if n < attempts:
+                if self.quirk("no_retry", skipped="sign-on retries", attempt=n):
+                    break
                 await self._sleep_ms(self._backoff_ms(n - 1))
         self.state = TerminalState.NOT_SIGNED_ON
         self.keys = None
@@ -229,7 +250,8 @@ class VirtualTerminal:
         if len(args) != 2:
             return "ERR 04 usage: LOGIN <op> <pwd>"
         op = self.tcfg.operator
-        if args[0] != op.id or args[1] != op.password:
+        if (args[0] != op.id or args[1] != op.password) and not self.quirk(
+                "ignore_login", skipped="operator check", op=args[0]):
             if st is TerminalState.LOGIN:
                 self.say("WARN", f"LOGIN fail op={args[0]}")
             return "ERR 11 bad operator"

@@ -7,11 +7,19 @@ the moment it physically happens: a card arriving at a chip station (within
 segment from ``swipe_start`` to ``swipe_end`` (either direction) swipes it at length / duration;
 a card arriving at ``nfc`` is in the field at once (``card_in_field``: journal only, the
 terminal cannot read it yet) and tapped once it stayed ``sim.tap_dwell_min_ms`` (real time,
-like the robot). Events are scheduled on the loop at the segment's end (or the dwell's end), journaled
+like the robot). A card left at a chip station's x/y but short of its depth by more than
+``sim.insert_tolerance_mm`` and at most ``sim.shallow_insert_max_mm`` for
+``sim.shallow_insert_dwell_ms`` (real time) is a shallow insert (``card_shallow``, with
+``short_mm``): not in the slot, but the terminal notices a card that is not seated. Events are scheduled on the loop at the segment's end (or the dwell's end), journaled
 with that time (``clock: "sim"``) and handed to the terminal's handler.
 
 Cards are physical: each is in exactly one place (a magazine slot, the gripper, a terminal's
 chip slot, or dropped where the gripper let go of it), see :meth:`CardWorld.where`.
+
+Card faults (:meth:`CardWorld.set_fault`, switched at run time per profile name, on every
+physical card of that profile): ``mute`` (no ATR, the chip answers nothing), ``corrupt_record``
+(READ RECORD after GET PROCESSING OPTIONS answers garbage, so the kernel fails) and ``bad_lrc``
+(the magstripe's LRC is wrong: every swipe read fails).
 """
 
 from __future__ import annotations
@@ -34,7 +42,11 @@ from .journal import TruthJournal
 
 log = logging.getLogger(__name__)
 
-CardEventKind = Literal["inserted", "removed", "swiped", "in_field", "tapped"]
+CardEventKind = Literal["inserted", "removed", "swiped", "in_field", "tapped", "shallow"]
+CARD_FAULTS = ("mute", "corrupt_record", "bad_lrc")
+# what a corrupt record reads as: a record template whose length runs past the data
+CORRUPT_RECORD = bytes.fromhex("7081FF5A0862") + b"\x90\x00"
+SW_OK = b"\x90\x00"
 Vec = Sequence[float]
 _MAPPER = WallToMono()
 
@@ -49,16 +61,49 @@ class Segment(Protocol):
 
 
 class Card:
-    """One physical card: its profile and its chip (the ATC survives between reads)."""
+    """One physical card: its profile and its chip (the ATC survives between reads).
+
+    Read the chip through :meth:`atr` / :meth:`transmit` (they apply :attr:`fault`)."""
 
     def __init__(self, slot: int, profile: CardProfile) -> None:
         self.slot = slot  # its home in the magazine
         self.profile = profile
         self.chip = EmvCard(profile)
+        self.fault: str | None = None  # one of CARD_FAULTS, switched on by the lab
+        self._gpo_done = False
 
     @property
     def name(self) -> str:
         return self.profile.name
+
+    @property
+    def is_chip_card(self) -> bool:
+        """Service code 2xx / 6xx: the magstripe says "use the chip" (fallback rules apply)."""
+        return self.profile.service_code[0] in "26"
+
+    def reset(self) -> None:
+        """Power the chip up again (cold reset)."""
+        self.chip.reset()
+        self._gpo_done = False
+
+    def atr(self) -> bytes | None:
+        """The answer to reset, or None (a mute chip, by profile or by fault)."""
+        return None if self.fault == "mute" else self.chip.atr()
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """One APDU to the chip, through the card's fault."""
+        if self.fault == "mute":
+            return b""
+        rsp = self.chip.transmit(apdu)
+        if self.fault == "corrupt_record" and len(apdu) >= 2:
+            ins = apdu[1]
+            if ins == 0xA4:
+                self._gpo_done = False
+            elif ins == 0xA8:
+                self._gpo_done = rsp[-2:] == SW_OK
+            elif ins == 0xB2 and self._gpo_done and rsp[-2:] == SW_OK:
+                return CORRUPT_RECORD
+        return rsp
 
     def __repr__(self) -> str:
         return f"Card(slot {self.slot}, {self.profile!r})"
@@ -120,6 +165,30 @@ class CardWorld:
         self._handlers: dict[str, Handler] = {}
         self._pending: list[tuple[int, asyncio.TimerHandle, Callable[[], None]]] = []
         self._tol = sim.insert_tolerance_mm
+        self.faults: dict[str, str] = {}  # card profile name -> fault
+
+    # --- card faults --------------------------------------------------------------------------
+    def profiles(self) -> list[str]:
+        """Names of the card profiles in the magazine."""
+        return sorted({c.name for c in self.cards.values()})
+
+    def set_fault(self, profile: str, fault: str | None) -> tuple[list[int], str | None]:
+        """Switch ``fault`` (None: clear) on every card of ``profile``; (their slots, the fault
+        before). Journaled as ``card_fault``. Raises ValueError for an unknown profile or fault."""
+        if profile not in self.profiles():
+            raise ValueError(f"no card of profile {profile!r} in the magazine "
+                             f"(it holds {', '.join(self.profiles())})")
+        if fault is not None and fault not in CARD_FAULTS:
+            raise ValueError(f"unknown card fault {fault!r} (known: {', '.join(CARD_FAULTS)}, null)")
+        was = self.faults.pop(profile, None)
+        if fault is not None:
+            self.faults[profile] = fault
+        slots = [s for s, c in sorted(self.cards.items()) if c.name == profile]
+        for s in slots:
+            self.cards[s].fault = fault
+        self.journal.record(None, "card_fault", card=profile, fault=fault, was=was, slots=slots)
+        log.info("card fault on %s (slots %s): %s -> %s", profile, slots, was, fault)
+        return slots, was
 
     # --- queries ------------------------------------------------------------------------------
     def attach(self, terminal: str, handler: Handler) -> None:
@@ -147,6 +216,16 @@ class CardWorld:
 
     def _station_at(self, pos: Vec, kind: str) -> str | None:
         return next((t for t, st in self.stations.items() if _dist(pos, st[kind]) <= self._tol), None)
+
+    def _shallow_at(self, pos: Vec) -> tuple[str, float] | None:
+        """(terminal, mm short) when ``pos`` is over a chip station but not deep enough."""
+        for t, st in self.stations.items():
+            x, y, z = st["chip"]
+            short = pos[2] - z
+            if (math.hypot(pos[0] - x, pos[1] - y) <= self._tol
+                    and self._tol < short <= self.sim.shallow_insert_max_mm):
+                return t, short
+        return None
 
     # --- GRBL hooks ---------------------------------------------------------------------------
     def on_gripper(self, closed: bool, pos: Vec) -> None:
@@ -192,6 +271,10 @@ class CardWorld:
         length = _dist(seg.start, seg.end)
         if (t := self._station_at(seg.end, "chip")) is not None and t not in self._chip:
             self._schedule(seg.t_end_ns, lambda t=t, due=seg.t_end_ns: self._insert(t, card, due))
+        elif (sh := self._shallow_at(seg.end)) is not None and sh[0] not in self._chip:
+            t, short = sh
+            due = seg.t_end_ns + int(self.sim.shallow_insert_dwell_ms * 1e6)
+            self._schedule(due, lambda t=t, due=due, short=short: self._shallow(t, card, due, short))
         elif length > self._tol and (t := self._swipe_of(seg)) is not None and seg.t_end_ns > seg.t_start_ns:
             speed = length / ((seg.t_end_ns - seg.t_start_ns) / 1e9)
             self._schedule(seg.t_end_ns,
@@ -216,6 +299,11 @@ class CardWorld:
         self._chip[terminal] = card
         self._emit(terminal, "inserted", card, when_ns)
 
+    def _shallow(self, terminal: str, card: Card, when_ns: int, short_mm: float) -> None:
+        if self.held is not card or terminal in self._chip:
+            return
+        self._emit(terminal, "shallow", card, when_ns, short_mm=round(short_mm, 2))
+
     def _schedule(self, due_ns: int, fire: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
 
@@ -232,7 +320,7 @@ class CardWorld:
         self._pending = []
 
     def _emit(self, terminal: str, kind: CardEventKind, card: Card, when_ns: int,
-              speed: float | None = None) -> None:
+              speed: float | None = None, **data: Any) -> None:
         # Stamped when the event really fires in the lab's loop, not when the motion plan said it
         # would: the robot's sync `ok` and the terminal's card read follow the loop, so the
         # planned time would be early by the loop's lag (measured up to ~2 ms on 2 busy cores).
@@ -240,6 +328,7 @@ class CardWorld:
         extra: dict[str, Any] = {"planned_lag_us": (stamp.mono_ns - when_ns) // 1000}
         if speed is not None:
             extra["speed_mm_s"] = round(speed, 1)
+        extra.update(data)
         self.journal.record(terminal, f"card_{kind}", stamp, clock=str(ClockSource.SIM), card=card.name,
                             **extra)
         handler = self._handlers.get(terminal)
