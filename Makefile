@@ -35,6 +35,8 @@ test-integration: install
 bench: install
 	$(BIN)/python benchmarks/signon_accuracy.py
 	$(BIN)/python benchmarks/sale_accuracy.py
+	$(BIN)/python benchmarks/proxy_overhead.py
+	$(BIN)/python benchmarks/kernel_faults.py
 
 lint: install
 	$(BIN)/ruff check rig tests benchmarks

@@ -48,7 +48,7 @@ def bench_config(tmp: Path) -> Path:
                           "ecr": f"socket://127.0.0.1:{_port()}", "host_path": host}
                       for t in base.terminals},
         "sim": {"psu_listen": f"127.0.0.1:{psu}", "grbl_listen": f"127.0.0.1:{grbl}",
-                "time_scale": 1.0,
+                "control_listen": f"127.0.0.1:{_port()}", "time_scale": 1.0,
                 "boot": {"dist": "normal", "mean": 120, "sd": 15, "min": 60},
                 "login": {"dist": "fixed", "ms": 10}, "clock_sync": {"dist": "fixed", "ms": 5}},
     }

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -317,6 +318,184 @@ def robot_home(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 def robot_park(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Move the robot to its park position."""
     out.print(_robot_do(config, "park"))
+
+
+# --- faults and scenarios -------------------------------------------------------------------------
+scenario_app = typer.Typer(no_args_is_help=True, help="The field's failure cases.")
+app.add_typer(scenario_app, name="scenario")
+
+
+def _fault_params(args: list[str]) -> dict[str, Any]:
+    """``--ms 300 --jitter-ms 50 --for 60`` → ``{"ms": "300", "jitter_ms": "50", "for_s": "60"}``
+    (pydantic converts the strings to the field's type and says which one is wrong)."""
+    alias = {"for": "for_s", "at": "at_s"}
+    params: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise typer.BadParameter(f"unexpected {a!r}; fault parameters are --name value")
+        key = a[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value, i = args[i + 1], i + 1
+        else:
+            raise typer.BadParameter(f"{a} needs a value")
+        params[alias.get(key, key)] = value
+        i += 1
+    return params
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def fault(ctx: typer.Context,
+          what: Annotated[str, typer.Argument(help="a terminal, or 'list' / 'clear'")],
+          name: Annotated[str | None, typer.Argument(help="fault name (see --help-faults)")] = None,
+          config: ConfigOpt = DEFAULT_CONFIG,
+          as_json: Annotated[bool, typer.Option("--json")] = False,
+          help_faults: Annotated[bool, typer.Option("--help-faults",
+                                                    help="list the faults and exit")] = False) -> None:
+    """Hold a fault on a terminal (`rig fault T1 latency --ms 300 --for 60`), list the faults on
+    now (`rig fault list`), or undo everything, a crashed rig's leftovers too (`rig fault clear`)."""
+    from .faults.spec import FAULTS, make_fault
+
+    if help_faults:
+        for fname, cls in sorted(FAULTS.items()):
+            fields = ", ".join(k for k in cls.model_fields if k not in ("during", "at_s", "for_s"))
+            out.print(f"[bold]{fname:<17}[/bold] {cls.layer:<6} {cls.what}  [dim]({fields})[/dim]",
+                      highlight=False)
+        return
+    if what == "list":
+        return _fault_list(config, as_json)
+    if what == "clear":
+        return _fault_clear(config, as_json)
+    if name is None:
+        raise typer.BadParameter("give a fault name, e.g. `rig fault T1 latency --ms 300`")
+    f = make_fault(name, **_fault_params(list(ctx.args)))
+    _sigterm_as_interrupt()
+    with _open(config) as rig:
+        with rig.fault(what, f) as armed:
+            timed = f.for_s is not None and f.during is None and f.at_s is None
+            out.print(f"{what}: {f.label()} " + (f"on, held for {f.for_s:g} s" if timed else
+                      "armed; Ctrl-C undoes it"), highlight=False)
+            if timed:
+                armed[0].wait_off(f.for_s + 10.0)
+            else:
+                while True:
+                    time.sleep(1.0)
+    out.print(f"{what}: {f.name} undone")
+
+
+def _ledger(config: str):
+    from .config import load_lab
+    from .faults.ledger import Ledger
+    from .rig import results_dir
+
+    cfg = load_lab(config)
+    return Ledger(results_dir(state.results) / f"{cfg.name}-faults.json")
+
+
+def _fault_list(config: str, as_json: bool) -> None:
+    import datetime as dt
+
+    entries = _ledger(config).entries()
+    if as_json:
+        out.print_json(json.dumps(entries))
+        return
+    if not entries:
+        out.print("no faults on")
+        return
+    table = Table("terminal", "fault", "parameters", "since", "held by")
+    for e in entries:
+        since = dt.datetime.fromtimestamp(int(e.get("since_wall_ns", 0)) / 1e9).isoformat(
+            sep=" ", timespec="seconds")
+        holder = f"pid {e.get('pid')}" + ("" if e.get("alive") else " [red](dead: rig fault clear)")
+        table.add_row(str(e.get("terminal")), str(e.get("fault")),
+                      json.dumps(e.get("params", {})), since, holder)
+    out.print(table)
+
+
+def _fault_clear(config: str, as_json: bool) -> None:
+    ledger = _ledger(config)
+    asked = set()
+    for e in ledger.entries():
+        pid = int(e.get("pid", 0))
+        if e.get("alive") and pid != os.getpid() and pid not in asked:
+            asked.add(pid)
+            os.kill(pid, signal.SIGTERM)  # its rig unwinds: every fault off, recorded
+    end = time.monotonic() + 15
+    while asked and time.monotonic() < end and any(e.get("alive") for e in ledger.entries()):
+        time.sleep(0.1)
+    with _open(config) as rig:  # a new rig sweeps what is left (kernel, PSU, lab, ledger)
+        undone = list(rig.swept)
+    result = {"stopped_pids": sorted(asked), "undone": undone}
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    for pid in sorted(asked):
+        out.print(f"asked pid {pid} to release its faults")
+    for line in undone:
+        out.print(f"undid: {line}", highlight=False)
+    if not asked and not undone:
+        out.print("nothing to clear")
+
+
+@scenario_app.command("list")
+def scenario_list(as_json: Annotated[bool, typer.Option("--json")] = False,
+                  directory: Annotated[str | None, typer.Option("--dir",
+                                                                help="scenario folder")] = None) -> None:
+    """The field's failure cases, each with its expectation."""
+    from .faults.scenarios import load_scenarios
+
+    scs = load_scenarios(directory)
+    if as_json:
+        out.print_json(json.dumps([s.summary() for s in scs.values()]))
+        return
+    table = Table("scenario", "procedure", "faults", "expected")
+    for s in scs.values():
+        fl = ", ".join(f.get("fault", "?") for f in s.faults) or "-"
+        exp = s.expect.model_dump(exclude_none=True, exclude_defaults=True)
+        table.add_row(s.name, s.procedure, fl, ", ".join(f"{k}={v}" for k, v in exp.items()))
+    out.print(table)
+
+
+@scenario_app.command("run")
+def scenario_run(name: Annotated[str, typer.Argument(help="scenario name, or 'all'")],
+                 terminal: Annotated[str, typer.Argument(help="terminal")] = "T1",
+                 config: ConfigOpt = DEFAULT_CONFIG,
+                 as_json: Annotated[bool, typer.Option("--json")] = False,
+                 directory: Annotated[str | None, typer.Option("--dir",
+                                                               help="scenario folder")] = None) -> None:
+    """Run one scenario (or all) on a terminal; exit code 1 when any verdict is not pass."""
+    from .errors import TestError
+    from .faults.scenarios import load_scenarios
+    from .scenario import pick_terminal, run_scenario
+
+    scs = load_scenarios(directory)
+    if name != "all" and name not in scs:
+        raise TestError(f"unknown scenario {name!r}; known: {', '.join(scs)}")
+    chosen = list(scs.values()) if name == "all" else [scs[name]]
+    _sigterm_as_interrupt()
+    verdicts = []
+    with _open(config) as rig:
+        for sc in chosen:
+            t = pick_terminal(rig, sc, terminal)
+            if not as_json:
+                err.print(f"running {sc.name} on {t} ...", highlight=False)
+            verdicts.append(run_scenario(rig, sc, t).as_dict())
+    if as_json:
+        out.print_json(json.dumps(verdicts[0] if name != "all" else verdicts))
+    else:
+        table = Table("scenario", "terminal", "verdict", "recover_s", "failed checks / error")
+        for v in verdicts:
+            bad = [f"{c['check']}: want {c['expected']}, saw {c['observed']}"
+                   for c in v["checks"] if not c["ok"]]
+            colour = {"pass": "green", "fail": "red"}.get(v["verdict"], "yellow")
+            table.add_row(v["scenario"], v["terminal"], f"[{colour}]{v['verdict']}",
+                          _fmt(v["recover_s"]), "; ".join(bad) or (v["error"] or ""))
+        out.print(table)
+    if any(v["verdict"] != "pass" for v in verdicts):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
@@ -177,10 +177,17 @@ class TerminalConfig(Strict):
     power: PowerConfig
     console: str | None = Field(None, description="pyserial URL of the console log port")
     ecr: str | None = Field(None, description="pyserial URL of the ECR port")
-    host_path: str = Field(description="host:port the terminal dials (the host, or a fault proxy)")
+    host_path: str = Field(description="host:port the terminal dials: the host itself, or an "
+                           "address of its own where the rig runs the terminal's fault proxy")
     operator: Operator = Operator()
     auto_login: bool = True
     stations: Stations | None = Field(None, description="card interfaces for the robot")
+    net_iface: str | None = Field(None, description="the rig's network interface this terminal "
+                                  "is on (kernel link / rate faults)")
+    net_addr: str | None = Field(None, description="the terminal's IP address (kernel faults "
+                                 "match it)")
+
+    _check_host_path = field_validator("host_path")(lambda cls, v: _hostport(v))
 
 
 def _hostport(v: str) -> str:
@@ -246,8 +253,19 @@ class SimConfig(Strict):
     auth_timeout_ms: float = Field(8000, gt=0, description="0210 wait before reversal")
     reversal_retries: int = Field(3, ge=0)
     result_display: Distribution = Distribution(dist="fixed", ms=5)
+    chip_fallback_after: int = Field(3, ge=1, description="failed chip reads of one transaction "
+                                     "before the terminal offers fallback to swipe")
+    swipe_chip_cards: bool = Field(True, description="accept a chip card's swipe (service code "
+                                   "2xx/6xx) outside fallback as a plain swipe; False: 'use chip'")
+    shallow_insert_max_mm: float = Field(15, gt=0, description="a card at a chip station's x/y up "
+                                         "to this far short of its depth is a shallow insert")
+    shallow_insert_dwell_ms: float = Field(100, ge=0, description="a shallow card must stay this "
+                                           "long (real time) before the terminal notices it")
+    control_listen: str | None = Field("127.0.0.1:5099", description="JSON-lines control port of "
+                                       "the lab (card faults, quirks); null: no control port")
 
     _check_listen = field_validator("psu_listen", "grbl_listen")(lambda cls, v: _hostport(v))
+    _check_control = field_validator("control_listen")(lambda cls, v: v if v is None else _hostport(v))
 
 
 class LabConfig(Strict):
@@ -345,8 +363,8 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def load_lab(path: str | Path, overrides: dict[str, Any] | None = None) -> LabConfig:
-    """Load and validate a lab YAML file; errors name ``file:line: field: problem``."""
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """A YAML file's mapping as plain data, and its ruamel tree (for line numbers)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -361,7 +379,12 @@ def load_lab(path: str | Path, overrides: dict[str, Any] | None = None) -> LabCo
         raise ConfigError(f"{path}:{line}: YAML syntax: {e.problem}") from e
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}:1: expected a mapping at the top level")
-    data = _plain(tree)
+    return _plain(tree), tree
+
+
+def load_lab(path: str | Path, overrides: dict[str, Any] | None = None) -> LabConfig:
+    """Load and validate a lab YAML file; errors name ``file:line: field: problem``."""
+    data, tree = read_yaml(path)
     if overrides:
         data = _merge(data, overrides)
     return validate_lab(data, path=str(path), tree=tree)
@@ -374,9 +397,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_lab(data: dict[str, Any], path: str = "<config>", tree: Any = None) -> LabConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], data: dict[str, Any], path: str = "<config>",
+                   tree: Any = None) -> M:
+    """Validate ``data`` as ``model``; errors name ``file:line: field: problem``."""
     try:
-        return LabConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -396,3 +424,13 @@ def validate_lab(data: dict[str, Any], path: str = "<config>", tree: Any = None)
                 msg = "unknown key"
             problems.append(f"{path}:{line or '?'}: {field}: {msg}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def validate_lab(data: dict[str, Any], path: str = "<config>", tree: Any = None) -> LabConfig:
+    return validate_model(LabConfig, data, path, tree)
+
+
+def load_model(model: type[M], path: str | Path) -> M:
+    """Load a YAML file as ``model`` (scenarios, campaigns...) with file:line errors."""
+    data, tree = read_yaml(path)
+    return validate_model(model, data, str(path), tree)

@@ -54,8 +54,14 @@ class EventKind(StrEnum):
     CARD_WAIT = "card_wait"
     CARD_READ = "card_read"
     CARD_FAIL = "card_fail"
+    CARD_RETRY = "card_retry"  # the terminal asks for the card again ("insert again")
+    CARD_FALLBACK = "card_fallback"  # chip failed too often: the terminal asks for a swipe
     AUTH_RESULT = "auth_result"  # the result shown on the terminal (console RESULT line)
     REVERSAL = "reversal"
+    # faults (rig.faults): data: id, fault, layer, params, window; FAULT_SWEEP: what a sweep undid
+    FAULT_ON = "fault_on"
+    FAULT_OFF = "fault_off"
+    FAULT_SWEEP = "fault_sweep"
     # bookkeeping
     CYCLE_START = "cycle_start"
     CYCLE_END = "cycle_end"

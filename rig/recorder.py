@@ -53,6 +53,11 @@ class Recorder:
         with self._lock:
             self._listeners.append(listener)
 
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def set_cycle(self, terminal: str, cycle_id: int | None) -> None:
         """Events of ``terminal`` recorded from now on belong to ``cycle_id``."""
         if cycle_id is None:

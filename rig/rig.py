@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,14 @@ from .drivers.ecr import EcrDriver
 from .drivers.profiles import get_profile
 from .drivers.psu import PsuDriver
 from .drivers.relay import RelayDriver
-from .errors import TerminalError, TestError
+from .errors import InfrastructureError, TerminalError, TestError
 from .events import Event, EventKind
+from .faults.inject import Backends, Injector, PowerPath
+from .faults.labctl import LabControl
+from .faults.ledger import Ledger
+from .faults.schedule import Windows
+from .faults.spec import Fault
+from .faults.sweep import sweep
 from .host.server import AcquirerHost
 from .labproc import LabProcess, listening
 from .recorder import Recorder
@@ -105,6 +111,7 @@ class Rig:
         self.host = AcquirerHost(cfg, self.recorder)
         self.host.start()
         self._stack.callback(self.host.stop)
+        self.proxies = self._start_proxies()
 
         self.psus: dict[str, PsuDriver] = {}
         self.relays: dict[str, RelayDriver] = {}
@@ -150,7 +157,72 @@ class Rig:
                 ecr = EcrDriver(tname, t.ecr, self.recorder)
                 self._stack.callback(ecr.close)
                 self.ecrs[tname] = ecr
-        self._stack.callback(self._safe_state)  # unwinds first
+        self._stack.callback(self._safe_state)
+        self._open_faults()  # undone before the safe state (unwinds first)
+
+    def _start_proxies(self) -> dict[str, Any]:
+        """One fault proxy per terminal whose ``host_path`` is not the host itself."""
+        from .faults.proxy import FaultProxy
+
+        proxies: dict[str, Any] = {}
+        for tname, t in self.cfg.terminals.items():
+            if t.host_path == self.cfg.host.listen:
+                continue
+            px = FaultProxy(f"{tname}.proxy", listen=t.host_path, upstream=self.cfg.host.listen,
+                            sink=self.recorder, terminal=tname)
+            try:
+                px.start()
+            except Exception as e:
+                raise InfrastructureError(
+                    f"{tname}: cannot start its fault proxy on host_path {t.host_path} (the "
+                    f"address the terminal dials; the rig forwards it to the host at "
+                    f"{self.cfg.host.listen}): {e}. Is {t.host_path.rsplit(':', 1)[0]} an "
+                    f"address of this machine, and the port free?") from e
+            self._stack.callback(px.stop)
+            proxies[tname] = px
+        return proxies
+
+    def _power_path(self, terminal: str) -> PowerPath:
+        p = self.cfg.terminals[terminal].power
+        if p.psu:
+            return PowerPath("psu", self.psus[p.psu], p.channel, nominal_v=p.voltage)
+        assert p.relay
+        return PowerPath("relay", self.relays[p.relay], p.channel)
+
+    def _open_faults(self) -> None:
+        """The fault injector, its windows, and the sweep of a crashed rig's leftovers."""
+        from .faults.kernel import KernelFaults, Match
+
+        cfg = self.cfg
+        lab = (LabControl(cfg.sim.control_listen)
+               if cfg.virtual and cfg.sim.control_listen else None)
+        kernel: list[KernelFaults] = []
+
+        def kernel_faults() -> KernelFaults:
+            if not kernel:
+                kernel.append(KernelFaults())
+            return kernel[0]
+
+        def kernel_match(terminal: str) -> Match:
+            t = cfg.terminals[terminal]
+            return Match(iface=t.net_iface, addr=t.net_addr,
+                         port=int(t.host_path.rsplit(":", 1)[1]))
+
+        self.ledger = Ledger(self.results / f"{cfg.name}-faults.json")
+        self.injector = Injector(Backends(
+            cfg=cfg, sink=self.recorder, host_rules=self.host.rules, proxies=self.proxies,
+            power=self._power_path, kernel=kernel_faults, kernel_match=kernel_match,
+            kernel_iface=lambda t: cfg.terminals[t].net_iface, lab=lab), self.ledger)
+        self.windows = Windows(self.injector)
+        self.recorder.add_listener(self.windows.on_event)
+        self._stack.callback(self.injector.off_all)
+        self._stack.callback(self.windows.close)
+        held = {e.get("terminal") for e in self.ledger.entries()
+                if e.get("alive") and e.get("layer") == "power"}
+        self.swept = sweep(
+            ledger=self.ledger, sink=self.recorder,
+            power={t: self._power_path(t) for t in cfg.terminals if t not in held},
+            kernel=kernel_faults, lab=lab if self.lab is None else None)
 
     @property
     def journal_path(self) -> Path:
@@ -222,6 +294,7 @@ class Rig:
             track.events = []
             track.done = False
         self.recorder.set_cycle(terminal, track.cycle_id)
+        self.windows.cycle_edge(terminal, start=True)
         return track.cycle_id
 
     def power_on(self, terminal: str) -> int:
@@ -298,14 +371,17 @@ class Rig:
             if track.done or track.cycle_id is None:
                 return None
             track.done = True
-            return track.cycle_id, track.kind, list(track.events)
+            taken = track.cycle_id, track.kind, list(track.events)
+        self.windows.cycle_edge(terminal, start=False)
+        return taken
 
     def _mark(self, cycle: int, state: str, result: dict[str, Any]) -> None:
         """Commit everything recorded so far, then mark the cycle (never the other order)."""
         self.recorder.flush()
         self.store.end_cycle(cycle, state, result)
 
-    def _finish(self, terminal: str, state: str, error: str | None = None) -> SignOn:
+    def _finish(self, terminal: str, state: str, error: str | None = None,
+                extra: dict[str, Any] | None = None) -> SignOn:
         """End the terminal's open cycle (if any): commit its events, then mark it."""
         taken = self._take(terminal)
         if taken is None:
@@ -314,7 +390,7 @@ class Rig:
         tcfg = self.cfg.terminals[terminal]
         result = signon_figures(terminal, cycle, events, has_console=tcfg.console is not None,
                                 error=error)
-        record = {**result.as_dict(), "n": self._tracks[terminal].n}
+        record = {**result.as_dict(), "n": self._tracks[terminal].n, **(extra or {})}
         if kind != "signon":  # e.g. a sale interrupted before it could report
             record = {"ok": False, "error": error or "ended", "n": record["n"]}
         self._mark(cycle, state, record)
@@ -350,17 +426,54 @@ class Rig:
             raise TerminalError(f"{terminal}: did not sign on: {s.error}")
         return s
 
+    # --- faults -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def fault(self, terminal: str, *faults: Fault) -> Iterator[list[Any]]:
+        """Hold ``faults`` on ``terminal`` for the ``with`` block: on now, or at each occurrence
+        of their window (``during=`` / ``at_s=`` / ``for_s=``); always off at the end, on
+        exceptions and Ctrl-C too. Yields the armed windows (their ``occurrences``)."""
+        self._check(terminal)
+        if not faults:
+            raise TestError("rig.fault(terminal, fault, ...): give at least one fault")
+        for f in faults:
+            if not isinstance(f, Fault):
+                raise TestError(f"{f!r} is not a fault; use the classes of rig.faults")
+            self.injector.check(terminal, f)  # every fault is checked before any goes on
+        armed: list[Any] = []
+        try:
+            for f in faults:
+                armed.append(self.windows.arm(terminal, f))
+            yield armed
+        finally:
+            for a in reversed(armed):
+                self.windows.disarm(a)
+
+    def recovery(self, terminal: str, fault: Fault, during: str = "signon",
+                 timeout_s: float = 120.0) -> Any:
+        """Inject ``fault`` during one phase (``signon`` or ``sale``) and measure how the terminal
+        recovers once it is off: a :class:`~rig.recovery.Recovery` with ``recover_s``
+        (fault off → next successful sign-on or sale) and the attempts seen."""
+        from .recovery import run_recovery
+
+        return run_recovery(self, terminal, fault, during=during, timeout_s=timeout_s)
+
     # --- sales and cards -----------------------------------------------------------------------
     def sale(self, terminal: str, amount: str = "1.00", card: str = "cup_debit",
              entry: str = "chip", *, txn: str = "sale", swipe_speed_mm_s: float | None = None,
-             tap_dwell_ms: float | None = None, timeout_s: float = 60.0) -> Any:
+             tap_dwell_ms: float | None = None, timeout_s: float = 60.0,
+             faults: Iterable[Fault] = ()) -> Any:
         """Start a sale over ECR, present ``card`` with the robot (``entry``: chip, swipe,
-        tap) and return a :class:`~rig.analysis.sale_metrics.SaleResult` with its figures."""
+        tap) and return a :class:`~rig.analysis.sale_metrics.SaleResult` with its figures.
+        ``faults`` are held for the sale (each on for its window, e.g. ``during="auth"``)."""
         from .sale import run_sale
 
-        return run_sale(self, terminal, amount=amount, card=card, entry=entry, txn=txn,
-                        swipe_speed_mm_s=swipe_speed_mm_s, tap_dwell_ms=tap_dwell_ms,
-                        timeout_s=timeout_s)
+        faults = list(faults)
+        with contextlib.ExitStack() as stack:
+            if faults:
+                stack.enter_context(self.fault(terminal, *faults))
+            return run_sale(self, terminal, amount=amount, card=card, entry=entry, txn=txn,
+                            swipe_speed_mm_s=swipe_speed_mm_s, tap_dwell_ms=tap_dwell_ms,
+                            timeout_s=timeout_s)
 
     def balance(self, terminal: str, card: str = "cup_debit", entry: str = "chip") -> Any:
         """Balance inquiry with ``card``; the SaleResult's ``balance`` is the available balance

@@ -6,12 +6,14 @@ Kept apart from ``rig.rig`` so the Rig stays small; :meth:`Rig.sale` calls :func
 from __future__ import annotations
 
 import logging
+import threading
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
 from .analysis.sale_metrics import SaleResult, sale_figures
-from .errors import InfrastructureError, TerminalError, TestError
+from .errors import InfrastructureError, InstrumentError, TerminalError, TestError
 from .events import EventKind
+from .faults.spec import ExpiredCard, InsertShallow, RobotAlarm, SwipeTooFast
 
 if TYPE_CHECKING:
     from .rig import Rig
@@ -94,35 +96,106 @@ def run_sale(rig: Rig, terminal: str, *, amount: str | None, card: str, entry: s
     return result
 
 
+def _robot_faults(rig: Rig, terminal: str, slot: int, stations, speed: float):
+    """Apply the terminal's active robot faults to how the card is presented: another card,
+    a shallow insert, a too-fast swipe; returns (slot, stations, speed, alarm_after_ms)."""
+    layout = rig.cfg.robot
+    alarm_ms = None
+    for f in rig.injector.robot_faults(terminal):
+        if isinstance(f, ExpiredCard):
+            swapped = layout.slot_of(f.card) if layout else None
+            if swapped is None:
+                raise TestError(f"ExpiredCard: card {f.card!r} is not in the robot's magazine")
+            slot = swapped
+        elif isinstance(f, InsertShallow):
+            chip = stations.chip
+            stations = stations.model_copy(update={"chip": chip.model_copy(
+                update={"z": chip.z + f.mm})})
+        elif isinstance(f, SwipeTooFast):
+            speed = f.mm_s
+        elif isinstance(f, RobotAlarm):
+            alarm_ms = f.after_ms
+    return slot, stations, speed, alarm_ms
+
+
+MAX_PRESENTS = 5  # an operator presents the card again when asked, this often at most
+
+
 def _present(rig: Rig, terminal: str, track, robot, slot: int, stations, entry: str,
              speed: float, dwell: float, timeout_s: float) -> tuple[str, str | None]:
     """Robot part of a sale; returns (outcome, error) — outcome "result" when the terminal
-    showed a RESULT line (the figures then say approved/declined/failed)."""
+    showed a RESULT line (the figures then say approved/declined/failed). When the terminal
+    asks for the card again ("insert again") the robot presents it again; when it falls back
+    from the chip to the magstripe, the robot swipes the card."""
     with robot.session(terminal):
+        slot, stations, speed, alarm_ms = _robot_faults(rig, terminal, slot, stations, speed)
         robot.pick(slot)
+        timer = None
+        inserted = False
+        fails: list[str] = []
         try:
-            if entry == "chip":
-                stamp = robot.insert(stations)
-            elif entry == "swipe":
-                stamp = robot.swipe(stations, speed)
-            else:
-                stamp = robot.tap(stations, dwell)
-            # the driver records CARD_PRESENTED (for the session's terminal) with this stamp
-            ev = rig._wait_event(track, {EventKind.AUTH_RESULT, EventKind.CARD_FAIL}, timeout_s,
-                                 after_ns=stamp.mono_ns - 1)
+            if alarm_ms is not None:
+                timer = threading.Timer(alarm_ms / 1000.0, robot.interrupt)
+                timer.start()
+            for _ in range(MAX_PRESENTS):
+                try:
+                    stamp = _present_once(robot, entry, stations, speed, dwell)
+                    inserted = entry == "chip"
+                except InstrumentError as e:
+                    if alarm_ms is None:
+                        raise
+                    _recover_robot(robot)
+                    _cancel(rig.ecrs[terminal])
+                    rig._wait_event(track, {EventKind.AUTH_RESULT}, 5.0)
+                    return "robot_alarm", str(e)
+                # the driver records CARD_PRESENTED (for the session's terminal) with this stamp
+                ev = rig._wait_event(track, {EventKind.AUTH_RESULT, EventKind.CARD_FAIL},
+                                     timeout_s, after_ns=stamp.mono_ns - 1)
+                if ev is None or ev.kind == EventKind.AUTH_RESULT:
+                    break
+                fails.append(str(ev.data.get("line", "")).split("reason=", 1)[-1])
+                ask = rig._wait_event(track, {EventKind.CARD_RETRY, EventKind.CARD_FALLBACK,
+                                              EventKind.AUTH_RESULT}, 2.0, after_ns=ev.mono_ns)
+                if ask is None or ask.kind == EventKind.AUTH_RESULT:
+                    ev = ask or ev
+                    break
+                if inserted:
+                    robot.withdraw(stations)
+                    inserted = False
+                if ask.kind == EventKind.CARD_FALLBACK:
+                    entry = "swipe"
         finally:
-            if entry == "chip":
+            if timer is not None:
+                timer.cancel()
+            if inserted:
                 robot.withdraw(stations)
             robot.return_card(slot)
     if ev is None:
         _cancel(rig.ecrs[terminal])
         return "failed", f"no result within {timeout_s:.0f} s"
     if ev.kind == EventKind.CARD_FAIL:
-        reason = str(ev.data.get("line", "")).split("reason=", 1)[-1]
+        reason = " → ".join(dict.fromkeys(fails)) or str(ev.data.get("line", "")).split(
+            "reason=", 1)[-1]  # every distinct reason, in order (chip, then the fallback)
         _cancel(rig.ecrs[terminal])
         rig._wait_event(track, {EventKind.AUTH_RESULT}, 5.0)
         return "read_failed", reason
     return "result", None
+
+
+def _present_once(robot, entry: str, stations, speed: float, dwell: float):
+    if entry == "chip":
+        return robot.insert(stations)
+    if entry == "swipe":
+        return robot.swipe(stations, speed)
+    return robot.tap(stations, dwell)
+
+
+def _recover_robot(robot) -> None:
+    """After an injected alarm: clear the lock so the card can go back to its slot."""
+    try:
+        robot.unlock()
+    except InfrastructureError as e:
+        log.warning("%s: could not clear the alarm: %s", robot.name, e)
 
 
 def _cancel(ecr) -> None:

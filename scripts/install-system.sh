@@ -3,8 +3,9 @@
 #   pcscd vsmartcard-vpcd libpcsclite-dev swig : PC/SC reader emulation (pyscard builds against them)
 #   nftables iproute2                          : kernel network faults inside test namespaces
 #   python3-venv                               : the project's virtualenv
+#   socat                                      : the baseline relay of the proxy benchmark
 set -euo pipefail
-pkgs=(pcscd vsmartcard-vpcd libpcsclite-dev swig nftables iproute2 python3-venv)
+pkgs=(pcscd vsmartcard-vpcd libpcsclite-dev swig nftables iproute2 python3-venv socat)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -48,10 +48,12 @@ def free_port() -> int:
     raise RuntimeError(f"no free TCP port in {lo}..{hi}")
 
 
-def virtual_config(tmp_path: Path, **sim_overrides: Any) -> LabConfig:
+def virtual_config(tmp_path: Path, *, proxies: bool = False, **sim_overrides: Any) -> LabConfig:
     """``configs/labs/virtual.yaml`` with every port free, the truth journal in ``tmp_path``.
 
     ``time_scale`` defaults to 0.05; keyword arguments override other ``sim`` settings.
+    Terminals dial the host directly unless ``proxies`` (then each dials a port of its own,
+    where a rig runs the terminal's fault proxy).
     """
     base = load_lab(VIRTUAL_YAML)
     host = f"127.0.0.1:{free_port()}"
@@ -67,9 +69,10 @@ def virtual_config(tmp_path: Path, **sim_overrides: Any) -> LabConfig:
         "host": {"listen": host},
         "terminals": {name: {"console": f"socket://127.0.0.1:{free_port()}",
                              "ecr": f"socket://127.0.0.1:{free_port()}",
-                             "host_path": host}
+                             "host_path": f"127.0.0.1:{free_port()}" if proxies else host}
                       for name in base.terminals},
         "sim": {"psu_listen": f"127.0.0.1:{psu_port}", "grbl_listen": f"127.0.0.1:{grbl_port}",
+                "control_listen": f"127.0.0.1:{free_port()}",
                 "time_scale": 0.05,
                 "truth_journal": str(tmp_path / "truth.jsonl"), **sim_overrides},
     }

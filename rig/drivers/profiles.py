@@ -41,6 +41,8 @@ PROFILES: dict[str, TerminalProfile] = {
         (r"^\d+ \w+ CARD wait", EventKind.CARD_WAIT),
         (r"^\d+ \w+ CARD read", EventKind.CARD_READ),
         (r"^\d+ \w+ CARD fail", EventKind.CARD_FAIL),
+        (r"^\d+ \w+ CARD insert again", EventKind.CARD_RETRY),
+        (r"^\d+ \w+ CARD fallback", EventKind.CARD_FALLBACK),
         (r"^\d+ \w+ RESULT ", EventKind.AUTH_RESULT),
         (r"^\d+ \w+ REVERSAL ", EventKind.REVERSAL),
     ),

@@ -325,6 +325,11 @@ class PsuDriver:
         except ValueError as e:
             raise InstrumentError(f"{self.who}: {line!r} answered {reply!r}") from e
 
+    def voltage_setpoint(self, ch: int) -> float:
+        """The programmed voltage of channel ``ch`` (not a measurement)."""
+        line = self.dialect.command(self.dialect.query_voltage, self._channel(ch))
+        return self._float(line, self._query(line))
+
     def measure_voltage(self, ch: int) -> float:
         line = self.dialect.command(self.dialect.measure_voltage, self._channel(ch))
         return self._float(line, self._query(line))

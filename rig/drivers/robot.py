@@ -324,6 +324,13 @@ class RobotDriver(CardMoves):
             self._sink.record(Event.at(stamp, EventKind.ERROR, self.name, error=why))
             log.warning("%s: %s", self.who, why)
 
+    def interrupt(self) -> Stamp:
+        """Soft-reset the controller at once, even mid-move (fault injection: a moving GRBL
+        answers ALARM:3 and the move in progress fails). Recover with :meth:`unlock`."""
+        with self._cv:
+            self._expect_banner = True
+        return self._write(b"\x18")
+
     # --- writing and waiting -----------------------------------------------------------------
     def _write(self, data: bytes) -> Stamp:
         port = self._port
