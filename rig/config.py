@@ -6,6 +6,7 @@ produced it (after QCoDeS's station snapshot).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -223,6 +224,56 @@ class HostConfig(Strict):
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
 
 
+class SimNetns(Strict):
+    """Virtual terminals behind veth pairs in a network namespace the lab makes (needs root).
+
+    Terminal n (1-based, in config order) dials from ``t<n>`` (the subnet's ``.n.2``) inside
+    the namespace ``name``; the rig's end ``<iface_prefix><n>`` (``.n.1``) stays in the lab's
+    namespace, where the terminal's fault proxy listens. Kernel faults (link, rate, loss) on
+    ``net_iface`` / ``net_addr`` then act on the terminal's real traffic.
+    """
+
+    name: str = Field("riglab", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+                      description="the network namespace (ip netns) the lab creates and deletes")
+    iface_prefix: str = Field("rlab", pattern=r"^[A-Za-z0-9_]{1,10}$",
+                              description="rig-side veth of terminal n: <iface_prefix><n>")
+    subnet: str = Field("10.78.0.0/16", description="IPv4, /24 or larger: terminal n gets "
+                        "<.n.1>/30 (rig side) and <.n.2>/30 (terminal side)")
+
+    @field_validator("name")
+    @classmethod
+    def _not_dots(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError(f"{v!r} is not a usable namespace name")
+        return v
+
+    @field_validator("subnet")
+    @classmethod
+    def _ipv4_subnet(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"subnet {v!r}: {e}") from None
+        if net.version != 4 or net.prefixlen > 23:
+            raise ValueError(f"subnet {v!r} must be IPv4 and /23 or larger (a /24 per terminal)")
+        return v
+
+    def capacity(self) -> int:
+        """How many terminals fit: one /24 each, the subnet's first /24 unused."""
+        return min(ipaddress.ip_network(self.subnet).num_addresses // 256 - 1, 999)
+
+    def addresses(self, n: int) -> tuple[str, str]:
+        """(rig side, terminal side) IPv4 addresses of terminal ``n`` (1-based)."""
+        if not 1 <= n <= self.capacity():
+            raise ValueError(f"terminal number {n} does not fit in subnet {self.subnet}")
+        base = ipaddress.ip_network(self.subnet).network_address + n * 256
+        return str(base + 1), str(base + 2)
+
+    def iface(self, n: int) -> str:
+        """The rig-side veth of terminal ``n``."""
+        return f"{self.iface_prefix}{n}"
+
+
 class SimConfig(Strict):
     """Settings of the virtual lab (ignored on a real bench)."""
 
@@ -263,9 +314,18 @@ class SimConfig(Strict):
                                            "long (real time) before the terminal notices it")
     control_listen: str | None = Field("127.0.0.1:5099", description="JSON-lines control port of "
                                        "the lab (card faults, quirks); null: no control port")
+    netns: SimNetns | None = Field(None, description="terminals behind veth pairs in a network "
+                                   "namespace (kernel faults on their traffic); true: defaults")
 
     _check_listen = field_validator("psu_listen", "grbl_listen")(lambda cls, v: _hostport(v))
     _check_control = field_validator("control_listen")(lambda cls, v: v if v is None else _hostport(v))
+
+    @field_validator("netns", mode="before")
+    @classmethod
+    def _netns_shorthand(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        return None if v is False else v
 
 
 class LabConfig(Strict):
@@ -305,6 +365,26 @@ class LabConfig(Strict):
             if inst is None or inst.kind != "robot":
                 raise _field_error(("robot", "instrument"),
                                    f"no robot instrument {self.robot.instrument!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _sim_netns(self) -> LabConfig:
+        """With ``sim.netns`` on a virtual lab, terminal n (1-based, config order) gets what it
+        does not set: ``net_iface`` <prefix><n>, ``net_addr`` .n.2 of the subnet; its
+        ``host_path`` host becomes .n.1 (port kept), where the rig runs its fault proxy."""
+        ns = self.sim.netns
+        if not self.virtual or ns is None:
+            return self
+        if len(self.terminals) > ns.capacity():
+            raise _field_error(("sim", "netns", "subnet"),
+                               f"{ns.subnet} has room for {ns.capacity()} terminals, not "
+                               f"{len(self.terminals)}")
+        for n, (name, t) in enumerate(list(self.terminals.items()), start=1):
+            rig_ip, term_ip = ns.addresses(n)
+            port = t.host_path.rsplit(":", 1)[1]
+            self.terminals[name] = t.model_copy(update={
+                "net_iface": t.net_iface or ns.iface(n), "net_addr": t.net_addr or term_ip,
+                "host_path": f"{rig_ip}:{port}"})
         return self
 
     # --- convenience -------------------------------------------------------------------------

@@ -96,8 +96,9 @@ def run_recovery(rig: Rig, terminal: str, fault: Fault | list[Fault], *, during:
     for f in faults:
         if not isinstance(f, Fault):
             raise TestError(f"{f!r} is not a fault; use the classes of rig.faults")
-    windowed = [f if f.during is not None else f.model_copy(update={"during": during})
-                for f in faults]
+    # robot faults change how the rig presents the card, read when it does: on for the call
+    windowed = [f if f.during is not None or f.layer == "robot"
+                else f.model_copy(update={"during": during}) for f in faults]
     own = watch is None
     w = watch or Watch(rig, terminal)
     try:
@@ -203,7 +204,7 @@ def _sale(rig: Rig, terminal: str, faults: list[Fault], watch: Watch, timeout_s:
     t0 = time.monotonic_ns()
     with rig.fault(terminal, *faults) as armed:
         first = rig.sale(terminal, **sale)
-        off = _last_off(watch, armed, 10.0)
+    off = _last_off(watch, armed, 10.0)  # a fault without a window went off with the block
     fon = watch.first(lambda e: e.kind == EventKind.FAULT_ON, after_ns=t0)
     sales, remedy, ok = 1, None, None
     if first.outcome == "approved" and off is not None:

@@ -30,9 +30,10 @@ from .drivers.psu import PsuDriver
 from .drivers.relay import RelayDriver
 from .errors import InfrastructureError, TerminalError, TestError
 from .events import Event, EventKind
-from .faults.inject import Backends, Injector, PowerPath
+from .faults.inject import Backends, Injector
 from .faults.labctl import LabControl
 from .faults.ledger import Ledger
+from .faults.power import PowerPath
 from .faults.schedule import Windows
 from .faults.spec import Fault
 from .faults.sweep import sweep

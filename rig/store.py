@@ -120,7 +120,7 @@ class Store:
             rows = self._db.execute(
                 "SELECT id, pid FROM runs WHERE state='running' AND host=?", (host,)
             ).fetchall()
-            dead = [rid for rid, pid in rows if not _pid_alive(pid)]
+            dead = [rid for rid, pid in rows if not pid_alive(pid)]
             if dead:
                 self._begin()
                 for rid in dead:
@@ -223,7 +223,8 @@ class Store:
                 self._db.row_factory = None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a PID reused since is a known limit)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

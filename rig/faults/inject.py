@@ -27,20 +27,10 @@ from ..errors import TestError
 from ..events import Event, EventKind, Sink
 from . import spec
 from .ledger import Ledger
+from .power import PowerPath, PowerTransient
 
 log = logging.getLogger(__name__)
 SOURCE = "faults"
-
-
-@dataclass
-class PowerPath:
-    """How a terminal is powered, as the power faults need it."""
-
-    kind: str  # "psu" | "relay"
-    driver: Any  # PsuDriver | RelayDriver
-    channel: int
-    nominal_v: float | None = None
-    min_v_hint: float | None = None
 
 
 @dataclass
@@ -270,8 +260,6 @@ class Injector:
         return lambda: k.undo(h)
 
     def _apply_power(self, fid: str, terminal: str, f: spec.Fault) -> Callable[[], None]:
-        from .power import PowerTransient
-
         assert self.b.power is not None
         tr = PowerTransient(terminal, self.b.power(terminal), f)
         tr.start()

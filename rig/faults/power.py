@@ -12,12 +12,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import TestError
 from . import spec
-from .inject import PowerPath
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PowerPath:
+    """How a terminal is powered, as the power faults need it."""
+
+    kind: str  # "psu" | "relay"
+    driver: Any  # PsuDriver | RelayDriver
+    channel: int
+    nominal_v: float | None = None
+    min_v_hint: float | None = None
 
 
 class PowerTransient:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..events import Event, EventKind, Sink
-from .inject import PowerPath
 from .ledger import Ledger, pid_alive
+from .power import PowerPath
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,11 @@ frame still needs. A frame carries the kernel stamp (CLOCK_REALTIME, mapped onto
 monotonic timeline) of the segment that completed it, so a busy event loop does not make
 the truth journal late. Without a kernel stamp the receive falls back to ``clock.now()``
 taken right after ``recvmsg`` returned, and :attr:`RxFrame.clock` says ``sim``.
+
+With ``sim.netns`` the socket is made inside the lab's network namespace (a short-lived
+thread enters it, :func:`rig.netns.socket_in`), so the connection leaves through the
+terminal's veth; everything after that is the same. :func:`dial_from` records which
+namespace dials a given host:port, for callers that do not pass ``netns`` themselves.
 """
 
 from __future__ import annotations
@@ -16,12 +21,28 @@ import contextlib
 import socket
 from dataclasses import dataclass
 
+from .. import netns as _netns
 from ..clock import ClockSource, Stamp, WallToMono, now
 from ..errors import ProtocolError
 from ..iso8583.framing import MAX_FRAME, ConnectionClosed
 from ..netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
 
 _MAPPER = WallToMono()
+_DIAL_FROM: dict[tuple[str, int], str] = {}  # (host, port) -> network namespace
+
+
+def dial_from(host: str, port: int, netns: str | None) -> None:
+    """Connections to ``host:port`` opened without ``netns`` start in ``netns`` from now on
+    (the virtual terminal registers its ``host_path``); ``None`` forgets the entry."""
+    if netns is None:
+        _DIAL_FROM.pop((host, port), None)
+    else:
+        _DIAL_FROM[(host, port)] = _netns.check_name(netns)
+
+
+def _close_result(fut: asyncio.Future[socket.socket]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +66,25 @@ class HostLink:
         self.local = f"{local[0]}:{local[1]}"
 
     @classmethod
-    async def open(cls, host: str, port: int) -> HostLink:
-        """Connect (bound the wait with ``asyncio.wait_for``); raises OSError when refused."""
+    async def open(cls, host: str, port: int, netns: str | None = None) -> HostLink:
+        """Connect (bound the wait with ``asyncio.wait_for``); raises OSError when refused.
+
+        ``netns``: make the socket inside that network namespace; ``None``: the one
+        :func:`dial_from` registered for ``host:port``, else the current one.
+        """
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, addr = infos[0]
-        sock = socket.socket(family, kind, proto)
+        ns = netns if netns is not None else _DIAL_FROM.get((host, port))
+        if ns is None:
+            sock = socket.socket(family, kind, proto)
+        else:
+            made = loop.run_in_executor(None, _netns.socket_in, ns, family, kind, proto)
+            try:
+                sock = await asyncio.shield(made)
+            except asyncio.CancelledError:
+                made.add_done_callback(_close_result)  # timed out meanwhile: close it when made
+                raise
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -10,6 +10,14 @@ its robot instrument) the lab serves a GRBL robot on ``sim.grbl_listen`` whose m
 :class:`CardWorld`, which hands card events to the terminals with ``stations``. On
 ``sim.control_listen`` it serves the control port (:mod:`rig.sim.control`: card faults and
 terminal quirks, JSON lines).
+
+With ``sim.netns`` (root only) the lab first makes the network namespace ``sim.netns.name``
+and, for terminal n, a veth pair ``<iface_prefix><n>`` (.n.1/30, here) <-> ``t<n>`` (.n.2/30,
+in the namespace); the terminals dial their host connections from inside it, through the
+veth, to their ``host_path`` (.n.1, where the rig runs the fault proxy). Console, ECR, PSU,
+robot and control port stay where they are. ``stop()`` deletes the namespace (both veth ends
+go with it), on SIGTERM / exit-with-parent too; one left by a killed lab is deleted at the
+next start, one still used by a running lab is refused.
 """
 
 from __future__ import annotations
@@ -18,13 +26,17 @@ import asyncio
 import logging
 import os
 import random
+import re
 import signal
+import subprocess
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import LabConfig
+from .. import netns
+from ..config import LabConfig, SimNetns
 from ..errors import InfrastructureError
 from .control import ControlServer
 from .grbl import GrblServer
@@ -36,6 +48,42 @@ from .world import CardWorld
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+NETNS_NEEDS_ROOT = "sim.netns needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+_OWNER = re.compile(r"posrig-lab pid=(\d+)")  # ifalias of the rig-side veths (a fault may
+# prefix it with its own mark, rig-fault:...|, and gives it back when undone)
+
+
+def _netns_capable() -> bool:
+    """Whether this process may make namespaces and veths (CAP_NET_ADMIN + CAP_SYS_ADMIN)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+                return bool(caps >> CAP_NET_ADMIN & 1 and caps >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def _link_exists(ifname: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{ifname}")
+
+
+def _owner_pid(ifname: str) -> int | None:
+    try:
+        with open(f"/sys/class/net/{ifname}/ifalias") as f:
+            m = _OWNER.search(f.read())
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _ip(*argv: str) -> None:
+    r = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        raise InfrastructureError(f"ip {' '.join(argv)} failed: {r.stderr.strip() or r.returncode}")
 
 
 def default_journal_path(cfg: LabConfig) -> Path:
@@ -51,8 +99,12 @@ class VirtualLab:
         self.journal_path = Path(journal_path) if journal_path else default_journal_path(cfg)
         self.journal = TruthJournal(self.journal_path)
         sim = cfg.sim
+        self.netns: SimNetns | None = sim.netns if cfg.virtual else None
+        self._netns_made = False
+        ns_name = self.netns.name if self.netns else None
         self.terminals: dict[str, VirtualTerminal] = {
-            name: VirtualTerminal(name, t, sim, self.journal, random.Random(f"{sim.seed}:{name}"))
+            name: VirtualTerminal(name, t, sim, self.journal, random.Random(f"{sim.seed}:{name}"),
+                                  netns=ns_name)
             for name, t in cfg.terminals.items()}
         self._by_channel: dict[int, list[VirtualTerminal]] = {}
         for name, t in cfg.terminals.items():
@@ -123,8 +175,75 @@ class VirtualLab:
             await self.grbl.start(*parse_hostport(self.cfg.sim.grbl_listen))
         if self.cfg.sim.control_listen:
             await self.control.start(*parse_hostport(self.cfg.sim.control_listen))
+        if self.netns is not None:  # after the ports: a lab that cannot bind touches nothing
+            self._make_netns()
         for t in self.terminals.values():
             await t.start()
+
+    # --- sim.netns ----------------------------------------------------------------------------
+    def _veths(self) -> list[tuple[str, str, str, str]]:
+        """Per terminal (config order): rig-side veth, terminal-side veth, their addresses."""
+        assert self.netns is not None
+        ns = self.netns
+        return [(ns.iface(n), f"t{n}", *ns.addresses(n))
+                for n in range(1, len(self.terminals) + 1)]
+
+    def _make_netns(self) -> None:
+        """The namespace and one veth pair per terminal, up and addressed (root only)."""
+        assert self.netns is not None
+        name = self.netns.name
+        if not _netns_capable():
+            raise InfrastructureError(NETNS_NEEDS_ROOT)
+        t0 = time.monotonic()
+        veths = self._veths()
+        for rig_if, *_ in veths:
+            pid = _owner_pid(rig_if)
+            if pid is not None and pid != os.getpid() and os.path.exists(f"/proc/{pid}"):
+                raise InfrastructureError(
+                    f"sim.netns: {rig_if} belongs to the virtual lab of pid {pid}, which still "
+                    f"runs; stop it or give this lab another sim.netns name / iface_prefix")
+        if netns.exists(name) or any(_link_exists(v[0]) for v in veths):
+            log.warning("sim.netns: deleting namespace %s / veths %s* left by a lab that is gone",
+                        name, self.netns.iface_prefix)
+            self._drop_netns(leftover=True)
+        netns.create(name)
+        self._netns_made = True
+        try:
+            for rig_if, term_if, rig_ip, term_ip in veths:
+                netns.add_veth(rig_if, term_if, netns=None, peer_netns=name,
+                               addr=f"{rig_ip}/30", peer_addr=f"{term_ip}/30")
+                _ip("link", "set", "dev", rig_if, "alias", f"posrig-lab pid={os.getpid()}")
+        except BaseException:
+            self._drop_netns()
+            raise
+        log.info("sim.netns: namespace %s with %s in %.0f ms", name,
+                 ", ".join(f"{r}<->{t}" for r, t, *_ in veths), (time.monotonic() - t0) * 1e3)
+
+    def _drop_netns(self, leftover: bool = False) -> None:
+        """Delete the namespace and wait until the rig-side veths went with it (a few ms).
+
+        ``leftover``: clean what a lab that is gone left; a link of that name that is not a
+        lab's veth (no ``posrig-lab`` alias) is refused, never deleted."""
+        if self.netns is None or not (self._netns_made or leftover):
+            return
+        self._netns_made = False
+        netns.delete(self.netns.name)
+        left = [v[0] for v in self._veths()]
+        end = time.monotonic() + 2.0
+        while (left := [i for i in left if _link_exists(i)]) and time.monotonic() < end:
+            time.sleep(0.01)
+        for ifname in left:  # its peer is elsewhere: delete this end, the pair goes with it
+            if _owner_pid(ifname) is None:
+                if leftover:
+                    raise InfrastructureError(
+                        f"sim.netns: interface {ifname} exists and is not a virtual lab's veth; "
+                        f"give sim.netns another iface_prefix")
+                continue
+            try:
+                _ip("link", "del", "dev", ifname)
+            except InfrastructureError:
+                if _link_exists(ifname):
+                    raise
 
     async def _astop(self) -> None:
         for t in self.terminals.values():
@@ -164,8 +283,9 @@ class VirtualLab:
         if failure:
             self.stop()
             e = failure[0]
-            raise InfrastructureError(f"virtual lab {self.cfg.name!r} cannot start: {e}; "
-                                      "is another lab (or anything else) using these ports?") from e
+            hint = ("; is another lab (or anything else) using these ports?"
+                    if isinstance(e, OSError) else "")
+            raise InfrastructureError(f"virtual lab {self.cfg.name!r} cannot start: {e}{hint}") from e
         addresses = self.addresses()
         self._announced = True
         self.journal.record(None, "lab_start", lab=self.cfg.name, pid=os.getpid(), addresses=addresses)
@@ -180,8 +300,10 @@ class VirtualLab:
                 loop.run_until_complete(self._astart())
             except BaseException as e:
                 failure.append(e)
-                started.set()
-                loop.run_until_complete(self._astop())
+                try:  # close what did start before start() hears of it (it stops the loop)
+                    loop.run_until_complete(self._astop())
+                finally:
+                    started.set()
                 return
             started.set()
             loop.run_forever()
@@ -218,6 +340,11 @@ class VirtualLab:
                 log.warning("virtual lab %s: loop thread did not stop within %s s", self.cfg.name, timeout_s)
             if self._announced:
                 self.journal.record(None, "lab_stop", lab=self.cfg.name, pid=os.getpid())
+        try:  # after the loop: the terminals' sockets in it are closed
+            self._drop_netns()
+        except Exception:
+            log.exception("virtual lab %s: deleting network namespace %s", self.cfg.name,
+                          self.netns.name if self.netns else None)
         self.journal.close()
 
     def run(self) -> None:

@@ -33,10 +33,14 @@ class Reply:
 
 async def exchange(host: str, port: int, msg: Message, *, mak8: bytes, timeout_s: float,
                    on_sent: Callable[[Stamp], None],
-                   before_send: Callable[[], None] | None = None) -> tuple[str, Reply | None]:
-    """Send ``msg`` with its MAC and wait ``timeout_s`` for the reply: (outcome, reply)."""
+                   before_send: Callable[[], None] | None = None,
+                   netns: str | None = None) -> tuple[str, Reply | None]:
+    """Send ``msg`` with its MAC and wait ``timeout_s`` for the reply: (outcome, reply).
+
+    ``netns``: the network namespace to connect from (None: the one the terminal registered
+    for ``host:port`` with :func:`rig.sim.hostlink.dial_from`, else here)."""
     try:
-        link = await asyncio.wait_for(HostLink.open(host, port), timeout_s)
+        link = await asyncio.wait_for(HostLink.open(host, port, netns), timeout_s)
     except (TimeoutError, OSError) as e:
         log.info("cannot reach the host %s:%d: %s", host, port, e)
         return "refused", None

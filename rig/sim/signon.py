@@ -42,12 +42,13 @@ class SignonOutcome:
 
 
 async def exchange(host: str, port: int, request: dict[str, Any], *, tmk: bytes, key_mode: str,
-                   timeout_s: float, on_io: OnIo) -> SignonOutcome:
-    """Run one 0800/0810 exchange over a fresh TCP connection, closed afterwards."""
+                   timeout_s: float, on_io: OnIo, netns: str | None = None) -> SignonOutcome:
+    """Run one 0800/0810 exchange over a fresh TCP connection, closed afterwards (made inside
+    network namespace ``netns`` when given, see :meth:`HostLink.open`)."""
     dialect = get_dialect("cup")
     stan = str(request.get("11", ""))
     try:
-        link = await asyncio.wait_for(HostLink.open(host, port), timeout_s)
+        link = await asyncio.wait_for(HostLink.open(host, port, netns), timeout_s)
     except TimeoutError:
         return SignonOutcome(False, RC_NO_RESPONSE, "timeout", detail="connect timed out")
     except OSError as e:

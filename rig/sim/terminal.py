@@ -7,7 +7,9 @@ The sign-on timeout is not scaled: it bounds how long the terminal tolerates the
 (network, host, fault proxy), which runs in real time. Every step is written to the truth
 journal, stamped right after the I/O call returned (host replies: the kernel's receive stamp).
 Card transactions (ECR ``SALE`` ...) live in :mod:`rig.sim.sale`; card events come from the
-lab's :class:`rig.sim.world.CardWorld`.
+lab's :class:`rig.sim.world.CardWorld`. With ``sim.netns`` its host connections (sign-on and
+sales) start inside the lab's network namespace and leave through its veth; console and ECR
+stay where they are.
 
 Quirks (:data:`QUIRKS`, switched through the lab's control port, :mod:`rig.sim.control`) break
 one correct behaviour each, so a scenario can show its verdict turning to fail:
@@ -34,6 +36,7 @@ from ..config import Distribution, SimConfig, TerminalConfig
 from ..iso8583 import cup
 from ..iso8583.keys import WorkingKeys
 from . import signon
+from .hostlink import dial_from
 from .journal import TruthJournal
 from .lines import LineServer, parse_hostport, parse_socket_url
 from .sale import COMMANDS, Transactions
@@ -58,7 +61,7 @@ class VirtualTerminal:
     """One simulated terminal; ``power()`` is called by the PSU server in the lab's loop."""
 
     def __init__(self, name: str, tcfg: TerminalConfig, sim: SimConfig, journal: TruthJournal,
-                 rng: random.Random) -> None:
+                 rng: random.Random, netns: str | None = None) -> None:
         self.name = name
         self.tcfg = tcfg
         self.sim = sim
@@ -70,6 +73,7 @@ class VirtualTerminal:
         self.batch = 1
         self._tmk = bytes.fromhex(tcfg.tmk)
         self.host_addr = parse_hostport(tcfg.host_path)
+        self.netns = netns  # the network namespace it dials the host from (sim.netns)
         self._task: asyncio.Task[None] | None = None
         self._login = asyncio.Event()
         self._boot_ns = 0
@@ -89,6 +93,8 @@ class VirtualTerminal:
     # --- lifecycle of the servers -------------------------------------------------------------
     async def start(self) -> None:
         """Start listening on the console and ECR ports (terminal stays off)."""
+        if self.netns is not None:  # sales (rig.sim.online) dial from the namespace too
+            dial_from(*self.host_addr, self.netns)
         if self.tcfg.console:
             await self.console.start(*parse_socket_url(self.tcfg.console, f"{self.name}.console"))
         if self.tcfg.ecr:
@@ -101,6 +107,8 @@ class VirtualTerminal:
         await self._cancel()
         await self.console.stop()
         await self.ecr.stop()
+        if self.netns is not None:
+            dial_from(*self.host_addr, None)
 
     # --- power --------------------------------------------------------------------------------
     def power(self, on: bool, volts: float) -> None:
@@ -201,7 +209,7 @@ class VirtualTerminal:
             return await signon.exchange(
                 *self.host_addr, request, tmk=self._tmk, key_mode=self.tcfg.key_mode,
                 timeout_s=self.sim.signon_timeout_ms / 1000.0,
-                on_io=self._journal_io)
+                on_io=self._journal_io, netns=self.netns)
         except Exception as e:  # a bug must not kill the terminal silently
             log.exception("%s: sign-on exchange failed", self.name)
             return signon.SignonOutcome(False, signon.RC_PROTOCOL, "error", detail=repr(e))
