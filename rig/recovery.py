@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import TerminalError, TestError
 from .events import Event, EventKind
@@ -22,8 +22,9 @@ from .faults.schedule import is_giveup
 from .faults.spec import Fault
 from .signon import wait_ready
 
-if TYPE_CHECKING:
-    from .rig import Rig
+# Procedures take the rig duck-typed (``Rig`` is what calls them), so this module never
+# imports rig.rig back; per-terminal cycle objects replace this with the rig service.
+Rig = Any
 
 RECOVERY_PHASES = ("signon", "sale")
 
