@@ -36,7 +36,8 @@ class Recovery:
     during: str
     recovered: bool
     recover_s: float | None = None
-    attempts: int = 0  # sign-on attempts the terminal made (host-seen 0800s) or sales tried
+    attempts: int = 0  # sign-on attempts the terminal reported (console), or sales tried
+    host_requests: int = 0  # 0800s (signon) the host received while recovering
     fault_on_s: float | None = None  # after the cycle's power-on (signon) / the sale's start
     fault_held_s: float | None = None
     remedy: str | None = None
@@ -82,6 +83,12 @@ class Watch:
                 if left <= 0:
                     return None
                 self.cond.wait(min(left, 0.1))
+
+
+def signon_attempts(events: list[Event], after_ns: int = 0) -> int:
+    """Sign-on attempts the terminal reported (each ok or failed attempt, not the give-up)."""
+    return sum(1 for e in events if e.mono_ns >= after_ns and (
+        e.kind == EventKind.SIGNON_OK or (e.kind == EventKind.SIGNON_FAIL and not is_giveup(e))))
 
 
 def _kind(*kinds: EventKind) -> Callable[[Event], bool]:
@@ -162,7 +169,8 @@ def _signon(rig: Rig, terminal: str, faults: list[Fault], watch: Watch,
                 remedy = f"signon refused: {e}"
         if ready is None:
             ready = watch.wait(_kind(EventKind.READY), timeout_s, after_ns=off.mono_ns)
-    attempts = sum(1 for e in watch.events if e.kind == EventKind.SIGNON_REQ)
+    attempts = signon_attempts(watch.events)
+    host_requests = sum(1 for e in watch.events if e.kind == EventKind.SIGNON_REQ)
     error = None
     if off is None:
         error = f"{base['fault']} did not go off within {timeout_s:.0f} s"
@@ -171,7 +179,7 @@ def _signon(rig: Rig, terminal: str, faults: list[Fault], watch: Watch,
     rec = Recovery(
         **base, recovered=error is None,
         recover_s=max(0.0, (ready.mono_ns - off.mono_ns) / 1e9) if ready and off else None,
-        attempts=attempts,
+        attempts=attempts, host_requests=host_requests,
         fault_on_s=(fon.mono_ns - on.mono_ns) / 1e9 if fon and on else None,
         fault_held_s=(off.mono_ns - fon.mono_ns) / 1e9 if off and fon else None,
         remedy=remedy, cycle=cycle, error=error)

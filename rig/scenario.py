@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import RigError, TerminalError, TestError
-from .events import Event, EventKind
+from .events import EventKind
 from .faults.scenarios import Scenario
 from .faults.schedule import is_giveup
-from .recovery import Watch, run_recovery, settle
+from .recovery import Watch, run_recovery, settle, signon_attempts
 from .signon import wait_ready
 
 if TYPE_CHECKING:
@@ -115,12 +115,6 @@ def judge(sc: Scenario, obs: dict[str, Any], console: list[str]) -> list[dict[st
 
 # --- procedures -----------------------------------------------------------------------------------
 
-def _attempts(events: list[Event], after_ns: int = 0) -> int:
-    """Sign-on attempts the terminal reported (each ok or failed attempt, not the give-up)."""
-    return sum(1 for e in events if e.mono_ns >= after_ns and (
-        e.kind == EventKind.SIGNON_OK or (e.kind == EventKind.SIGNON_FAIL and not is_giveup(e))))
-
-
 def _held(watch: Watch) -> tuple[int | None, int | None]:
     ons = [e.mono_ns for e in watch.events if e.kind == EventKind.FAULT_ON]
     offs = [e.mono_ns for e in watch.events if e.kind == EventKind.FAULT_OFF]
@@ -140,7 +134,7 @@ def _signon(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, An
     on, off = _held(watch)
     return {"signed_on": _between(watch, EventKind.READY, on, off),
             "signon_sent": _between(watch, EventKind.SIGNON_REQ, on, off),
-            "attempts": _attempts(watch.events), "recovers": rec.recovered,
+            "attempts": signon_attempts(watch.events), "recovers": rec.recovered,
             "recover_s": rec.recover_s, "remedy": rec.remedy, "fault": rec.fault,
             "fault_held_s": rec.fault_held_s, "error": rec.error}
 
@@ -194,7 +188,7 @@ def _login(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, Any
     ready = watch.first(lambda e: e.kind == EventKind.READY, after_ns=good_ns)
     return {"login_refused": refused, "signon_sent": sent, "recovers": s.ok,
             "recover_s": (ready.mono_ns - good_ns) / 1e9 if ready else None,
-            "attempts": _attempts(watch.events)}
+            "attempts": signon_attempts(watch.events)}
 
 
 def _not_signed_on(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, Any]:
@@ -222,7 +216,7 @@ def _not_signed_on(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[
     return {"gave_up": gave_up, "outcome": r.outcome, "rc": r.rc, "error": r.error,
             "signed_on": False if gave_up else None, "recovers": ready is not None,
             "recover_s": (ready.mono_ns - fixed_ns) / 1e9 if ready else None,
-            "attempts": _attempts(watch.events)}
+            "attempts": signon_attempts(watch.events)}
 
 
 PROCEDURES = {"signon": _signon, "sale": _sale, "login": _login, "not_signed_on": _not_signed_on}

@@ -472,7 +472,9 @@ class KernelFaults:
         _check_fault_name(name)
         _check_match(match)
         return self._table(name, "reject", match,
-                           ["meta l4proto tcp reject with tcp reset",
+                           # the resets this table sends pass its own output hook first
+                           ["meta l4proto tcp @th,104,8 & 0x04 == 0x04 accept",
+                            "meta l4proto tcp reject with tcp reset",
                             "reject with icmpx type port-unreachable"], match.describe())
 
     # -- links ---------------------------------------------------------------------------------

@@ -10,34 +10,24 @@ taken right after ``recvmsg`` returned, and :attr:`RxFrame.clock` says ``sim``.
 
 With ``sim.netns`` the socket is made inside the lab's network namespace (a short-lived
 thread enters it, :func:`rig.netns.socket_in`), so the connection leaves through the
-terminal's veth; everything after that is the same. :func:`dial_from` records which
-namespace dials a given host:port, for callers that do not pass ``netns`` themselves.
+terminal's veth; everything after that is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from dataclasses import dataclass
 
 from .. import netns as _netns
 from ..clock import ClockSource, Stamp, WallToMono, now
-from ..errors import ProtocolError
+from ..errors import InfrastructureError, ProtocolError
 from ..iso8583.framing import MAX_FRAME, ConnectionClosed
 from ..netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
 
 _MAPPER = WallToMono()
-_DIAL_FROM: dict[tuple[str, int], str] = {}  # (host, port) -> network namespace
-
-
-def dial_from(host: str, port: int, netns: str | None) -> None:
-    """Connections to ``host:port`` opened without ``netns`` start in ``netns`` from now on
-    (the virtual terminal registers its ``host_path``); ``None`` forgets the entry."""
-    if netns is None:
-        _DIAL_FROM.pop((host, port), None)
-    else:
-        _DIAL_FROM[(host, port)] = _netns.check_name(netns)
 
 
 def _close_result(fut: asyncio.Future[socket.socket]) -> None:
@@ -69,13 +59,12 @@ class HostLink:
     async def open(cls, host: str, port: int, netns: str | None = None) -> HostLink:
         """Connect (bound the wait with ``asyncio.wait_for``); raises OSError when refused.
 
-        ``netns``: make the socket inside that network namespace; ``None``: the one
-        :func:`dial_from` registered for ``host:port``, else the current one.
+        ``netns``: make the socket inside that network namespace (None: the current one).
         """
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, addr = infos[0]
-        ns = netns if netns is not None else _DIAL_FROM.get((host, port))
+        ns = netns
         if ns is None:
             sock = socket.socket(family, kind, proto)
         else:
@@ -85,6 +74,8 @@ class HostLink:
             except asyncio.CancelledError:
                 made.add_done_callback(_close_result)  # timed out meanwhile: close it when made
                 raise
+            except InfrastructureError as e:  # the namespace is gone: the network is
+                raise OSError(errno.ENETUNREACH, str(e)) from e
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

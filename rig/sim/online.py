@@ -37,8 +37,7 @@ async def exchange(host: str, port: int, msg: Message, *, mak8: bytes, timeout_s
                    netns: str | None = None) -> tuple[str, Reply | None]:
     """Send ``msg`` with its MAC and wait ``timeout_s`` for the reply: (outcome, reply).
 
-    ``netns``: the network namespace to connect from (None: the one the terminal registered
-    for ``host:port`` with :func:`rig.sim.hostlink.dial_from`, else here)."""
+    ``netns``: the network namespace to connect from (None: this one)."""
     try:
         link = await asyncio.wait_for(HostLink.open(host, port, netns), timeout_s)
     except (TimeoutError, OSError) as e:

@@ -411,4 +411,4 @@ class Transactions:
                 after_send()
 
         return await exchange(*t.host_addr, msg, mak8=t.keys.mak8, timeout_s=t.sim.auth_timeout_ms / 1000.0,
-                              on_sent=sent, before_send=before_send)
+                              on_sent=sent, before_send=before_send, netns=t.netns)

@@ -36,7 +36,6 @@ from ..config import Distribution, SimConfig, TerminalConfig
 from ..iso8583 import cup
 from ..iso8583.keys import WorkingKeys
 from . import signon
-from .hostlink import dial_from
 from .journal import TruthJournal
 from .lines import LineServer, parse_hostport, parse_socket_url
 from .sale import COMMANDS, Transactions
@@ -93,8 +92,6 @@ class VirtualTerminal:
     # --- lifecycle of the servers -------------------------------------------------------------
     async def start(self) -> None:
         """Start listening on the console and ECR ports (terminal stays off)."""
-        if self.netns is not None:  # sales (rig.sim.online) dial from the namespace too
-            dial_from(*self.host_addr, self.netns)
         if self.tcfg.console:
             await self.console.start(*parse_socket_url(self.tcfg.console, f"{self.name}.console"))
         if self.tcfg.ecr:
@@ -107,8 +104,6 @@ class VirtualTerminal:
         await self._cancel()
         await self.console.stop()
         await self.ecr.stop()
-        if self.netns is not None:
-            dial_from(*self.host_addr, None)
 
     # --- power --------------------------------------------------------------------------------
     def power(self, on: bool, volts: float) -> None:

@@ -58,7 +58,8 @@ def _gone(ns: dict[str, str], terminals: int = 4) -> bool:
 def lab(tmp_path):
     require_netadmin()
     ns = _ns_opts()
-    cfg = virtual_config(tmp_path, proxies=True, time_scale=0.3, netns=ns)
+    # auth_timeout_ms bounds the rejected sale's wait (see the note at the Reject sale)
+    cfg = virtual_config(tmp_path, proxies=True, time_scale=0.3, auth_timeout_ms=2000, netns=ns)
     yield cfg, ns
     if not _gone(ns):  # a failed test must not leave the namespace behind
         netns.delete(ns["name"])
@@ -117,7 +118,10 @@ def test_signon_and_sale_go_through_the_veth_and_the_namespace_goes_with_the_rig
         assert conn["local"].startswith(f"{net}.1.2:")
         assert conn["peer"] == cfg.terminals["T1"].host_path == (
             f"{net}.1.1:{cfg.terminals['T1'].host_path.rsplit(':', 1)[1]}")
-        # a sale dials from the namespace as well: a reject on t1's path refuses its 0200
+        # a sale dials from the namespace as well: a reject on t1's path (rlab1 + .1.2 + the
+        # proxy port) stops its 0200; from the lab's own namespace it would pass. (Today the
+        # rig's Reject, direction both, also drops its own resets on the way out, so the
+        # connect waits auth_timeout_ms instead of being refused at once: NC either way.)
         r = rig.sale("T1", "1.00", "cup_debit", entry="chip", faults=[Reject(during="auth")])
         assert (r.outcome, r.rc) == ("failed", "NC"), r
         assert rig.sale("T1", "1.00", "cup_debit", entry="chip").outcome == "approved"
@@ -138,10 +142,9 @@ def test_link_down_during_signon_the_terminal_retries_and_recovers(lab, tmp_path
         assert rec.fault_held_s == pytest.approx(4.0, abs=0.3)
         assert rec.recover_s is not None and 0 < rec.recover_s < 3, rec
         assert rec.remedy is None  # it came back by itself
-        # rec.attempts counts the 0800s the host saw: none got through while the link was
-        # down; the terminal's first attempt timed out on the way (console SIGNON fail), its
-        # retry went through once the link was back
-        assert rec.attempts == 1, rec
+        # none of the 0800s got through while the link was down: the terminal's first attempt
+        # timed out on the way (console SIGNON fail), its retry went through once it was back
+        assert rec.host_requests == 1 and rec.attempts >= 2, rec
         rig.recorder.flush()
         fails = rig.store.query(
             "SELECT data_json FROM events WHERE run_id=? AND terminal='T1' AND kind=? "
@@ -151,7 +154,7 @@ def test_link_down_during_signon_the_terminal_retries_and_recovers(lab, tmp_path
                  and e["what"] == "signon_fail"]
         assert tried and tried[-1]["reason"] in ("timeout", "refused"), tried[-1:]
         print(f"\nLinkDown(for_s=4) during sign-on: recover_s={rec.recover_s:.2f} "
-              f"host-seen attempts={rec.attempts} terminal attempts={1 + len(fails)} "
+              f"host-seen 0800s={rec.host_requests} terminal attempts={rec.attempts} "
               f"held={rec.fault_held_s:.2f} s, whole recovery {took:.1f} s")
         assert "rig-fault" not in _link(f"{ns['iface_prefix']}1").get("ifalias", "")
     assert _gone(ns)
