@@ -423,8 +423,10 @@ def _fault_clear(config: str, as_json: bool) -> None:
         if e.get("alive") and pid != os.getpid() and pid not in asked:
             asked.add(pid)
             os.kill(pid, signal.SIGTERM)  # its rig unwinds: every fault off, recorded
-    end = time.monotonic() + 15
-    while asked and time.monotonic() < end and any(e.get("alive") for e in ledger.entries()):
+    from .faults.ledger import pid_alive
+
+    end = time.monotonic() + 15  # until the holders have exited (their rig released the lab)
+    while time.monotonic() < end and any(pid_alive(p) for p in asked):
         time.sleep(0.1)
     with _open(config) as rig:  # a new rig sweeps what is left (kernel, PSU, lab, ledger)
         undone = list(rig.swept)

@@ -224,14 +224,19 @@ class Store:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (a PID reused since is a known limit)."""
+    """Whether process ``pid`` runs on this host (a zombie does not; a PID reused since is a
+    known limit)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:

@@ -106,3 +106,43 @@ def test_card_list_and_sale_json_never_show_full_pans(lab_proc, lab_file, tmp_pa
     assert doc["card_to_result_s"] > 0
     for pan in pans:
         assert pan not in p.stdout + p.stderr + q.stdout + q.stderr
+
+
+def test_fault_hold_list_and_clear(tmp_path):
+    """`rig fault T1 latency --for` holds and undoes; `list` sees it from another process
+    meanwhile; `clear` stops the holder and reports; bad parameters exit 1 before any change."""
+    from tests.labcfg import virtual_config, write_config
+
+    lab = write_config(virtual_config(tmp_path, proxies=True, time_scale=0.3), tmp_path / "l.yaml")
+    res = tmp_path / "r"
+    holder = subprocess.Popen(_rig("fault", "T1", "latency", "--ms", "50", "--for", "60",
+                                   "-c", str(lab), results=res),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout is not None
+        assert "on, held for 60 s" in holder.stdout.readline() + holder.stdout.readline()
+        p = subprocess.run(_rig("fault", "list", "--json", "-c", str(lab), results=res),
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+        listed = json.loads(p.stdout)
+        assert [(e["terminal"], e["fault"], e["alive"]) for e in listed] == [("T1", "latency", True)]
+        p = subprocess.run(_rig("fault", "clear", "--json", "-c", str(lab), results=res),
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["stopped_pids"] == [holder.pid]
+        assert holder.wait(30) is not None
+    finally:
+        holder.kill()
+    p = subprocess.run(_rig("fault", "list", "--json", "-c", str(lab), results=res),
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert json.loads(p.stdout) == []
+    p = subprocess.run(_rig("fault", "T1", "loss", "--percent", "150", "-c", str(lab),
+                            results=res), capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 1 and "percent" in p.stderr and "less than or equal to 100" in p.stderr
+
+
+def test_scenario_list_json():
+    p = subprocess.run([sys.executable, "-m", "rig.cli", "scenario", "list", "--json"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    names = {s["name"] for s in json.loads(p.stdout)}
+    assert {"no-network", "host-no-response", "mac-error", "brownout"} <= names
