@@ -52,11 +52,6 @@ class Fault(BaseModel):
         return {k: v for k, v in self.model_dump(include=set(WINDOW_FIELDS)).items()
                 if v is not None}
 
-    @property
-    def timed(self) -> bool:
-        """Whether the fault has a window of its own (phase or offset/duration)."""
-        return self.during is not None or self.at_s is not None or self.for_s is not None
-
     def label(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in {**self.params(), **self.window()}.items())
         return f"{self.name}({args})"
@@ -373,7 +368,3 @@ def fault_from_dict(data: dict[str, Any]) -> Fault:
         raise TestError(f"a fault needs a `fault:` name, got {data!r}")
     params = dict(data)
     return make_fault(str(params.pop("fault")), **params)
-
-
-def fault_to_dict(f: Fault) -> dict[str, Any]:
-    return {"fault": f.name, **f.params(), **f.window()}

@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from rig.config import LabConfig
+from rig.events import ListSink
+from rig.host.server import AcquirerHost
 from tests.labcfg import virtual_config, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,3 +57,15 @@ def lab_proc(lab_file: Path, tmp_path: Path):
     lab = LabProc(lab_file, tmp_path / "truth.jsonl")
     yield lab
     lab.stop()
+
+
+@pytest.fixture
+def sink() -> ListSink:
+    return ListSink()
+
+
+@pytest.fixture
+def host(cfg: LabConfig, sink: ListSink) -> Iterator[AcquirerHost]:
+    """An acquirer host for the module's ``cfg`` on a free loopback port."""
+    with AcquirerHost(cfg, sink, listen="127.0.0.1:0") as h:
+        yield h

@@ -42,17 +42,6 @@ def cfg(tmp_path: Path) -> LabConfig:
     return make_cfg(tmp_path)
 
 
-@pytest.fixture
-def sink() -> ListSink:
-    return ListSink()
-
-
-@pytest.fixture
-def host(cfg: LabConfig, sink: ListSink) -> Iterator[AcquirerHost]:
-    with AcquirerHost(cfg, sink, listen="127.0.0.1:0") as h:
-        yield h
-
-
 class Term:
     """A raw CUP terminal: sends MAC'd requests, reads reply frames (no checks of its own)."""
 

@@ -56,17 +56,6 @@ def cfg(tmp_path: Path) -> LabConfig:
     return base.model_copy(update={"host": host})
 
 
-@pytest.fixture
-def sink() -> ListSink:
-    return ListSink()
-
-
-@pytest.fixture
-def host(cfg: LabConfig, sink: ListSink) -> Iterator[AcquirerHost]:
-    with AcquirerHost(cfg, sink, listen="127.0.0.1:0") as h:
-        yield h
-
-
 class Terminal:
     """A minimal CUP terminal: signs on, MACs its requests, checks the replies' MACs."""
 
