@@ -38,15 +38,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rig.clock import WallToMono  # noqa: E402
-from rig.faults.proxy import RT_PRIORITY, FaultProxy, Toxic  # noqa: E402
-from rig.netstamp import (  # noqa: E402
+from rig.core.clock import WallToMono  # noqa: E402
+from rig.core.netstamp import (  # noqa: E402
     ANC_SPACE,
     enable_rx_timestamps,
     enable_tx_timestamps,
     kernel_wall_ns,
     send_stamped,
 )
+from rig.faults.proxy import RT_PRIORITY, FaultProxy, Toxic  # noqa: E402
 
 MSG = 100
 GOAL_RATIO = 1.5

@@ -223,7 +223,7 @@ s
     md("## The field's failure cases (scenarios that need no kernel privileges)"),
     code("""
 from rig.faults.scenarios import load_scenarios
-from rig.scenario import pick_terminal, run_scenario
+from rig.control.scenario import pick_terminal, run_scenario
 
 verdicts = []
 for name, sc in load_scenarios().items():

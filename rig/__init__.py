@@ -15,12 +15,12 @@ __all__ = ["Rig", "SignOn", "open_rig", "load_run", "__version__"]
 if TYPE_CHECKING:
     from .analysis.load import load_run
     from .analysis.metrics import SignOn
-    from .rig import Rig, open_rig
+    from .control.bench import Rig, open_rig
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import rig.sim` must not pull in the controller
     if name in ("Rig", "open_rig"):
-        from . import rig as _rig
+        from .control import bench as _rig
 
         return getattr(_rig, name)
     if name == "SignOn":

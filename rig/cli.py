@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError, RigError
+from .core.errors import ConfigError, RigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="posrig: power-cycle POS terminals and time their sign-on.")
@@ -62,7 +62,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _open(config: str):
-    from .rig import open_rig
+    from .control.bench import open_rig
 
     return open_rig(config, label=state.label, results=state.results)
 
@@ -86,8 +86,8 @@ def host_up(config: ConfigOpt = DEFAULT_CONFIG,
             bind: Annotated[str, typer.Option(help="listen address")] = "127.0.0.1") -> None:
     """Run the acquirer host alone, for terminals the rig does not control."""
     from .config import load_lab
-    from .events import EventKind
     from .host.server import AcquirerHost
+    from .timeline.events import EventKind
 
     cfg = load_lab(config)
     listen = f"{bind}:{port}" if port is not None else cfg.host.listen
@@ -250,7 +250,7 @@ def card_list(as_json: Annotated[bool, typer.Option("--json")] = False,
               cards_dir: Annotated[str | None, typer.Option(help="profiles directory")] = None) -> None:
     """The card profiles (PANs masked)."""
     from .cards.profiles import CARDS_DIR, load_cards
-    from .redact import mask_pan
+    from .core.redact import mask_pan
 
     cards = load_cards(cards_dir or CARDS_DIR)
     rows = [{"name": c.name, "scheme": c.scheme, "product": c.product, "pan": mask_pan(c.pan),
@@ -289,7 +289,7 @@ def card_check(card: Annotated[str | None, typer.Argument(help="emulated card (v
 
 def _robot_do(config: str, action: str) -> str:
     """Open the lab, run one robot action, render its outcome."""
-    from .errors import TestError
+    from .core.errors import TestError
 
     with _open(config) as rig:
         robot = rig.robot
@@ -388,8 +388,8 @@ def fault(ctx: typer.Context,
 
 def _ledger(config: str):
     from .config import load_lab
+    from .control.bench import results_dir
     from .faults.ledger import Ledger
-    from .rig import results_dir
 
     cfg = load_lab(config)
     return Ledger(results_dir(state.results) / f"{cfg.name}-faults.json")
@@ -469,9 +469,9 @@ def scenario_run(name: Annotated[str, typer.Argument(help="scenario name, or 'al
                  directory: Annotated[str | None, typer.Option("--dir",
                                                                help="scenario folder")] = None) -> None:
     """Run one scenario (or all) on a terminal; exit code 1 when any verdict is not pass."""
-    from .errors import TestError
+    from .control.scenario import pick_terminal, run_scenario
+    from .core.errors import TestError
     from .faults.scenarios import load_scenarios
-    from .scenario import pick_terminal, run_scenario
 
     scs = load_scenarios(directory)
     if name != "all" and name not in scs:

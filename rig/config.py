@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 HexKey = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{32}$", description="16-byte key, hex")]
 

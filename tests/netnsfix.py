@@ -4,7 +4,7 @@
 side; a veth joins them (``rig0`` 10.77.0.1/24 <-> ``term0`` 10.77.0.2/24). Both are deleted
 in teardown, even when the test fails; namespaces left by a killed pytest (dead pid) are
 deleted the next time a pair is made. Servers and clients are real sockets made inside the
-namespaces with :func:`rig.netns.socket_in`.
+namespaces with :func:`rig.core.netns.socket_in`.
 
 Without root these tests skip, except in CI (``CI=true``) where they fail: CI runs as root.
 """

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import TestError
-from ..store import open_readonly
+from ..core.errors import TestError
+from ..timeline.store import open_readonly
 
 
 @dataclass

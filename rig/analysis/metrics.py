@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..events import Event, EventKind
+from ..timeline.events import Event, EventKind
 
 SIGNON_FIGURES = ("boot_s", "signon_req_s", "signon_host_s", "ready_s")
 

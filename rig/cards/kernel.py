@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
-from ..errors import ProtocolError
-from ..redact import mask_pan
+from ..core.errors import ProtocolError
+from ..core.redact import mask_pan
 from . import tlv
 from .tlv import TlvError
 

@@ -2,7 +2,7 @@
 
 A profile holds what a card carries (PAN, expiry, service code, AIDs, track 2) and what the
 acquirer host should believe about it (balance). Full PANs live only in these files: every
-event, log and report masks them (``rig.redact``); test cards are treated like real ones.
+event, log and report masks them (``rig.core.redact``); test cards are treated like real ones.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 EntryMode = Literal["chip", "swipe", "tap"]
 Scheme = Literal["unionpay", "visa", "mastercard"]
@@ -81,7 +81,7 @@ class CardProfile(BaseModel):
         return (2000 + yy, mm) < (today.year, today.month)
 
     def __repr__(self) -> str:  # never the full PAN
-        from ..redact import mask_pan
+        from ..core.redact import mask_pan
 
         return f"CardProfile({self.name!r}, {self.scheme}, {mask_pan(self.pan)}, exp {self.expiry})"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..errors import ProtocolError
+from ..core.errors import ProtocolError
 
 MAX_DEPTH = 16
 MAX_DOL_DATA = 252  # DOL data travels in one short APDU (Lc <= 255, minus the 83 wrapper)

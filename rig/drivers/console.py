@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import serial
 
-from ..clock import ClockSource, Stamp, WallToMono, now
-from ..events import Event, EventKind, Sink
-from ..netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
-from ..redact import redact_text
+from ..core.clock import ClockSource, Stamp, WallToMono, now
+from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
+from ..core.redact import redact_text
+from ..timeline.events import Event, EventKind, Sink
 from .profiles import TerminalProfile
 
 log = logging.getLogger(__name__)

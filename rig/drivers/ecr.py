@@ -9,10 +9,10 @@ import threading
 
 import serial
 
-from ..clock import Deadline, now
-from ..errors import InstrumentError, TerminalError
-from ..events import Event, EventKind, Sink
-from ..redact import redact_text
+from ..core.clock import Deadline, now
+from ..core.errors import InstrumentError, TerminalError
+from ..core.redact import redact_text
+from ..timeline.events import Event, EventKind, Sink
 
 
 class EcrDriver:

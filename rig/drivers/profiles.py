@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..events import EventKind
+from ..core.errors import ConfigError
+from ..timeline.events import EventKind
 
 
 @dataclass(frozen=True)

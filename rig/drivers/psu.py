@@ -23,11 +23,11 @@ from pyvisa import constants
 from pyvisa.errors import Error as VisaError
 from pyvisa.errors import VisaIOError
 
-from ..clock import ClockSource, Stamp, WallToMono, now
 from ..config import PsuConfig
-from ..errors import InstrumentError, LimitError, TestError
-from ..events import Event, EventKind, Sink
-from ..netstamp import StampingSocket
+from ..core.clock import ClockSource, Stamp, WallToMono, now
+from ..core.errors import InstrumentError, LimitError, TestError
+from ..core.netstamp import StampingSocket
+from ..timeline.events import Event, EventKind, Sink
 from .psu_dialects import DIALECTS, PsuDialect
 
 _W2M = WallToMono()

@@ -19,8 +19,8 @@ from datetime import date
 from typing import Any
 
 from ..cards.kernel import CardRead, CardReadError, read_card
-from ..errors import InfrastructureError
-from ..redact import mask_pan
+from ..core.errors import InfrastructureError
+from ..core.redact import mask_pan
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any, Protocol, cast
 
 import serial
 
-from ..clock import Stamp, now
 from ..config import RelayConfig
-from ..errors import InstrumentError, TestError
-from ..events import Event, EventKind, Sink
+from ..core.clock import Stamp, now
+from ..core.errors import InstrumentError, TestError
+from ..timeline.events import Event, EventKind, Sink
 
 log = logging.getLogger(__name__)
 

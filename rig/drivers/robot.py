@@ -22,11 +22,11 @@ from typing import Any, Protocol, cast
 
 import serial
 
-from ..clock import ClockSource, Stamp, WallToMono, now
 from ..config import RobotConfig, RobotLayout
-from ..errors import InstrumentError, RigError, TestError
-from ..events import Event, EventKind, Sink
-from ..netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
+from ..core.clock import ClockSource, Stamp, WallToMono, now
+from ..core.errors import InstrumentError, RigError, TestError
+from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
+from ..timeline.events import Event, EventKind, Sink
 from .robot_moves import CardMoves, FairLock, RobotStatus, Vec
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..clock import Stamp, now
 from ..config import Point, RobotConfig, RobotLayout, Stations
-from ..errors import InstrumentError, LimitError, RigError, TestError
-from ..events import Event, EventKind, Sink
+from ..core.clock import Stamp, now
+from ..core.errors import InstrumentError, LimitError, RigError, TestError
+from ..timeline.events import Event, EventKind, Sink
 
 if TYPE_CHECKING:
     from .robot import _Pending

@@ -1,8 +1,8 @@
 """Faults: network (L4 proxy, L3 kernel), host, power, card and robot — timed, recorded, undone.
 
 ``from rig.faults import Latency, HostNoResponse, PowerDropout`` gives the fault classes
-(:mod:`rig.faults.spec`); ``rig.fault(terminal, fault)`` applies one, ``rig.sale(...,
-faults=[...])`` and ``rig.recovery(...)`` time them to the terminal's phases.
+(:mod:`rig.faults.spec`); ``rig.fault(terminal, fault)`` applies one, ``rig.control.sale(...,
+faults=[...])`` and ``rig.control.recovery(...)`` time them to the terminal's phases.
 """
 
 from .spec import (

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..clock import Stamp, now
 from ..config import LabConfig
-from ..errors import TestError
-from ..events import Event, EventKind, Sink
+from ..core.clock import Stamp, now
+from ..core.errors import TestError
+from ..timeline.events import Event, EventKind, Sink
 from . import spec
 from .ledger import Ledger
 from .power import PowerPath, PowerTransient

@@ -14,9 +14,9 @@ nftables module is too low level for numgen / reject expressions. Links and qdis
 through pyroute2 (netlink).
 
 Parameters are checked before anything is touched: a bad value raises
-:class:`FaultParamError` (a :class:`~rig.errors.TestError` and a ``ValueError``). A feature
+:class:`FaultParamError` (a :class:`~rig.core.errors.TestError` and a ``ValueError``). A feature
 the kernel lacks (``sch_netem``) raises :class:`NotSupported`, an
-:class:`~rig.errors.InfrastructureError`: the rig's own kernel cannot do it, the test is fine.
+:class:`~rig.core.errors.InfrastructureError`: the rig's own kernel cannot do it, the test is fine.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rig import netns as _netns
-from rig.clock import Stamp, now
-from rig.errors import InfrastructureError, TestError
+from rig.core import netns as _netns
+from rig.core.clock import Stamp, now
+from rig.core.errors import InfrastructureError, TestError
 
 log = logging.getLogger(__name__)
 

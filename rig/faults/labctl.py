@@ -12,7 +12,7 @@ import socket
 import threading
 from typing import Any
 
-from ..errors import InfrastructureError, TestError
+from ..core.errors import InfrastructureError, TestError
 
 
 class LabControl:

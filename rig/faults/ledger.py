@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..store import pid_alive
+from ..timeline.store import pid_alive
 
 __all__ = ["Ledger", "pid_alive"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import TestError
+from ..core.errors import TestError
 from . import spec
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ direction (``up`` = terminal→host, ``down`` = host→terminal), with a per-con
 
 Timing. Every socket has ``SO_TIMESTAMPNS``; while a toxic is active in a direction, chunks
 are read with ``recvmsg`` and a chunk the kernel received at ``t`` (CLOCK_REALTIME, mapped
-onto the monotonic timeline with :class:`rig.clock.WallToMono`) is released at ``t + delay``,
+onto the monotonic timeline with :class:`rig.core.clock.WallToMono`) is released at ``t + delay``,
 not at "when Python got to it". Releases of one direction never overtake each other. With no
 toxic a chunk goes straight from ``recv_into`` to ``send`` in the reader callback (no
 queue, no allocation).
@@ -63,10 +63,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
-from ..clock import WallToMono
-from ..errors import InfrastructureError
-from ..events import Event, EventKind, Sink
-from ..netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
+from ..core.clock import WallToMono
+from ..core.errors import InfrastructureError
+from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
+from ..timeline.events import Event, EventKind, Sink
 
 log = logging.getLogger(__name__)
 

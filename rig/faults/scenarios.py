@@ -4,7 +4,7 @@ A scenario file (``configs/scenarios/<name>.yaml``) names one case operators' gu
 (no network, host error, MAC error, wrong operator, expired card...): the procedure that
 exercises it, the faults (any of :mod:`rig.faults.spec`, as ``{fault: name, ...}``), and the
 expectation — the checks a verdict is made of. Users add their own files; a bad file fails with
-``file:line: field: problem``. The runner is :mod:`rig.scenario`.
+``file:line: field: problem``. The runner is :mod:`rig.control.scenario`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..config import load_model
-from ..errors import ConfigError, TestError
+from ..core.errors import ConfigError, TestError
 from .spec import Fault, fault_from_dict
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "configs" / "scenarios"

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InfrastructureError
-from ..events import Event, EventKind
+from ..core.errors import InfrastructureError
+from ..timeline.events import Event, EventKind
 from . import spec
 from .inject import Active, Injector
 

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..errors import TestError
+from ..core.errors import TestError
 
 Phase = Literal["signon", "auth", "sale", "cycle"]
 PHASES: tuple[str, ...] = ("signon", "auth", "sale", "cycle")

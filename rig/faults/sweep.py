@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..events import Event, EventKind, Sink
+from ..timeline.events import Event, EventKind, Sink
 from .ledger import Ledger, pid_alive
 from .power import PowerPath
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from rig.cards.profiles import CardProfile, load_cards
+from rig.core.redact import mask_pan
 from rig.iso8583.cup_txn import SettlementTotals
-from rig.redact import mask_pan
 
 __all__ = ["Accounts", "Ledger", "TxnKey", "TxnRecord", "TxnStatus", "resolve_cards_dir"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 from rig.iso8583 import cup, iso87
 from rig.iso8583.dialects import Dialect, Message
 from rig.iso8583.keys import KEY_MODES

@@ -13,14 +13,14 @@ import threading
 from datetime import datetime
 from types import TracebackType
 
-from rig.clock import Stamp, WallToMono, now
 from rig.config import LabConfig
-from rig.errors import InfrastructureError
-from rig.events import Sink
+from rig.core.clock import Stamp, WallToMono, now
+from rig.core.errors import InfrastructureError
 from rig.iso8583 import get_dialect
 from rig.iso8583.framing import MAX_FRAME
+from rig.timeline.events import Sink
 
-from ..netstamp import enable_rx_timestamps, enable_tx_timestamps
+from ..core.netstamp import enable_rx_timestamps, enable_tx_timestamps
 from .accounts import Accounts, Ledger
 from .rules import ResponseRules
 from .session import HostContext, Session

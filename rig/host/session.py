@@ -3,7 +3,7 @@ financial messages (decided by :mod:`rig.host.txn`), record.
 
 Runs in its own thread on a blocking socket. Each request is stamped with the kernel receive
 time of its last TCP segment, each response with the kernel's transmit stamp (see
-:mod:`rig.netstamp`). A protocol error is recorded and closes this connection only.
+:mod:`rig.core.netstamp`). A protocol error is recorded and closes this connection only.
 
 Host faults (:class:`rig.host.rules.HostFaultSpec`) are looked up once a request is decoded
 and classified (after the receive stamp). What they did is in the events: a ``*_RSP`` carries
@@ -25,16 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from rig.clock import ClockSource, Stamp, WallToMono, now
-from rig.errors import ProtocolError
-from rig.events import Event, EventKind, Sink
+from rig.core.clock import ClockSource, Stamp, WallToMono, now
+from rig.core.errors import ProtocolError
+from rig.core.redact import redact_text
 from rig.iso8583.cup_txn import FINANCIAL_MTIS, check_financial
 from rig.iso8583.dialects import Dialect, Message
 from rig.iso8583.framing import ConnectionClosed, frame, read_frame
 from rig.iso8583.keys import encode_field62, generate_working_keys
-from rig.redact import redact_text
+from rig.timeline.events import Event, EventKind, Sink
 
-from ..netstamp import RxStamp, StampedReader, send_stamped
+from ..core.netstamp import RxStamp, StampedReader, send_stamped
 from . import responses
 from .rules import APPROVED, NO_FAULTS, FaultPlan, MessageClass, ResponseRules
 from .state import HostStates

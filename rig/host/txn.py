@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
-from rig.errors import ProtocolError
-from rig.events import EventKind
+from rig.core.errors import ProtocolError
+from rig.core.redact import mask_pan
 from rig.iso8583.cup_txn import (
     APPROVED,
     SettlementTotals,
@@ -49,7 +49,7 @@ from rig.iso8583.cup_txn import (
     txn_response,
 )
 from rig.iso8583.dialects import Dialect, Message
-from rig.redact import mask_pan
+from rig.timeline.events import EventKind
 
 from . import rules as r
 from .accounts import Accounts, Ledger, TxnKey, TxnRecord

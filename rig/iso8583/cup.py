@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 from .cup_codec import (
     ALLOWED_FIELDS,

@@ -13,7 +13,7 @@ from typing import Any
 
 import iso8583
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 from .dialects import Dialect, Message, bits_set
 from .mac import cup_mac

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 from .cup_codec import is_digits
 from .dialects import Message

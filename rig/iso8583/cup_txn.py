@@ -64,7 +64,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 from .cup import response_envelope
 from .cup_codec import DEFAULT_HEADER, DEFAULT_TPDU, is_digits

@@ -10,7 +10,7 @@ import hmac
 from abc import ABC, abstractmethod
 from typing import Any
 
-from rig.errors import ProtocolError, TestError
+from rig.core.errors import ProtocolError, TestError
 
 __all__ = ["Dialect", "Message", "get_dialect", "response_mti"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 __all__ = ["ConnectionClosed", "MAX_FRAME", "frame", "read_frame", "read_frame_async"]
 

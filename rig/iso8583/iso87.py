@@ -14,7 +14,7 @@ from typing import Any
 import iso8583
 from iso8583.specs import default as _DEFAULT_SPEC
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 from .dialects import Dialect, Message, bits_set, response_mti
 from .mac import x919_mac

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 from .des import tdes_decrypt, tdes_encrypt
 

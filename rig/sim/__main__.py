@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ..config import load_lab
-from ..errors import ConfigError, InfrastructureError
+from ..core.errors import ConfigError, InfrastructureError
 from .lab import VirtualLab
 
 log = logging.getLogger("rig.sim")

@@ -9,7 +9,7 @@ the truth journal late. Without a kernel stamp the receive falls back to ``clock
 taken right after ``recvmsg`` returned, and :attr:`RxFrame.clock` says ``sim``.
 
 With ``sim.netns`` the socket is made inside the lab's network namespace (a short-lived
-thread enters it, :func:`rig.netns.socket_in`), so the connection leaves through the
+thread enters it, :func:`rig.core.netns.socket_in`), so the connection leaves through the
 terminal's veth; everything after that is the same.
 """
 
@@ -21,11 +21,11 @@ import errno
 import socket
 from dataclasses import dataclass
 
-from .. import netns as _netns
-from ..clock import ClockSource, Stamp, WallToMono, now
-from ..errors import InfrastructureError, ProtocolError
+from ..core import netns as _netns
+from ..core.clock import ClockSource, Stamp, WallToMono, now
+from ..core.errors import InfrastructureError, ProtocolError
+from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
 from ..iso8583.framing import MAX_FRAME, ConnectionClosed
-from ..netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
 
 _MAPPER = WallToMono()
 

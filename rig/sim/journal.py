@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..clock import Stamp, now
+from ..core.clock import Stamp, now
 
 Entry = dict[str, Any]
 

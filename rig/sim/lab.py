@@ -35,9 +35,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import netns
 from ..config import LabConfig, SimNetns
-from ..errors import InfrastructureError
+from ..core import netns
+from ..core.errors import InfrastructureError
 from .control import ControlServer
 from .grbl import GrblServer
 from .journal import TruthJournal

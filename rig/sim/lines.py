@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

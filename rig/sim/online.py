@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..clock import Stamp
-from ..errors import ProtocolError
+from ..core.clock import Stamp
+from ..core.errors import ProtocolError
 from ..iso8583 import ConnectionClosed, cup_txn, frame, get_dialect
 from ..iso8583.dialects import Message, response_mti
 from .hostlink import HostLink, RxFrame

@@ -34,10 +34,10 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from ..cards.kernel import CardReadError, read_card
-from ..clock import Stamp, now
+from ..core.clock import Stamp, now
+from ..core.redact import mask_pan
 from ..iso8583 import cup_txn
 from ..iso8583.dialects import Message
-from ..redact import mask_pan
 from .online import Reply, exchange
 from .world import CardEvent
 

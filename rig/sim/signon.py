@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..clock import Stamp, now
-from ..errors import ProtocolError
+from ..core.clock import Stamp, now
+from ..core.errors import ProtocolError
 from ..iso8583 import framing, get_dialect, keys
 from .hostlink import HostLink
 

@@ -31,8 +31,8 @@ from collections.abc import Coroutine
 from enum import StrEnum
 from typing import Any
 
-from ..clock import Stamp, now
 from ..config import Distribution, SimConfig, TerminalConfig
+from ..core.clock import Stamp, now
 from ..iso8583 import cup
 from ..iso8583.keys import WorkingKeys
 from . import signon

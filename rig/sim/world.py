@@ -35,9 +35,9 @@ from typing import Any, Literal, Protocol
 
 from ..cards.emv import EmvCard
 from ..cards.profiles import CARDS_DIR, CardProfile, load_cards
-from ..clock import ClockSource, Stamp, WallToMono
 from ..config import Point, RobotLayout, SimConfig, Stations
-from ..errors import ConfigError
+from ..core.clock import ClockSource, Stamp, WallToMono
+from ..core.errors import ConfigError
 from .journal import TruthJournal
 
 log = logging.getLogger(__name__)

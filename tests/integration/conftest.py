@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from rig.config import LabConfig
-from rig.events import ListSink
 from rig.host.server import AcquirerHost
+from rig.timeline.events import ListSink
 from tests.labcfg import virtual_config, write_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rig.config import LabConfig, load_lab
-from rig.events import Event, EventKind, ListSink
+from rig.timeline.events import Event, EventKind, ListSink
 
 VIRTUAL_LAB = Path(__file__).resolve().parents[2] / "configs" / "labs" / "virtual.yaml"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rig.config import load_lab
-from rig.store import open_readonly
+from rig.timeline.store import open_readonly
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,11 +15,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from rig.clock import WallToMono
-from rig.errors import InfrastructureError
-from rig.events import EventKind, ListSink
+from rig.core.clock import WallToMono
+from rig.core.errors import InfrastructureError
+from rig.core.netstamp import (
+    StampedReader,
+    enable_rx_timestamps,
+    enable_tx_timestamps,
+    send_stamped,
+)
 from rig.faults.proxy import FaultProxy, ProxyLoop, Toxic, shared_loop
-from rig.netstamp import StampedReader, enable_rx_timestamps, enable_tx_timestamps, send_stamped
+from rig.timeline.events import EventKind, ListSink
 from tests.labcfg import free_port
 
 pytestmark = pytest.mark.integration

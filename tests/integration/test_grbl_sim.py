@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig.clock import ClockSource
 from rig.config import LabConfig, Point, RobotConfig, load_lab
+from rig.core.clock import ClockSource
+from rig.core.errors import InstrumentError
 from rig.drivers.robot import RobotDriver
-from rig.errors import InstrumentError
-from rig.events import EventKind, ListSink
 from rig.sim.grbl import BANNER, GrblServer, Segment
+from rig.timeline.events import EventKind, ListSink
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ from datetime import datetime
 import pytest
 
 from rig import netstamp as host_timestamps
-from rig.clock import ClockSource
-from rig.events import EventKind, ListSink
+from rig.core.clock import ClockSource
 from rig.host import AcquirerHost
 from rig.iso8583 import frame
 from rig.iso8583.iso87 import ISO87
+from rig.timeline.events import EventKind, ListSink
 from tests import cup_reference as ref
 
 from .hostclient import (

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from rig.cards.profiles import load_cards
-from rig.clock import ClockSource
 from rig.config import LabConfig
-from rig.events import Event, EventKind, ListSink
+from rig.core.clock import ClockSource
 from rig.host import AcquirerHost
 from rig.host.rules import HostFaultSpec
 from rig.iso8583 import cup, decode_field62, frame, get_dialect
 from rig.iso8583 import cup_txn as txn
 from rig.iso8583.dialects import Message
+from rig.timeline.events import Event, EventKind, ListSink
 from tests import cup_reference as ref
 from tests.labcfg import virtual_config
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from rig.events import EventKind, ListSink
 from rig.host import AcquirerHost
+from rig.timeline.events import EventKind, ListSink
 from tests import cup_reference as ref
 
 from .hostclient import closed_by_peer, connect, exchange, lab, peer_of, wait_event

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from rig.cards.profiles import CardProfile, load_cards
-from rig.clock import ClockSource
 from rig.config import HostOverride, LabConfig
-from rig.events import EventKind, ListSink
+from rig.core.clock import ClockSource
+from rig.core.redact import mask_pan
 from rig.host import AcquirerHost
 from rig.iso8583 import cup, decode_field62, frame, get_dialect
 from rig.iso8583 import cup_txn as txn
 from rig.iso8583.dialects import Message
-from rig.redact import mask_pan
+from rig.timeline.events import EventKind, ListSink
 from tests import cup_reference as ref
 from tests.labcfg import virtual_config
 

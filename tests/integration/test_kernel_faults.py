@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rig import netns
-from rig.errors import InfrastructureError, TestError
+from rig.core.errors import InfrastructureError, TestError
 from rig.faults.kernel import (
     QDISC_MAJOR,
     KernelFaults,

@@ -19,8 +19,8 @@ from rig.cards.emv import EmvCard
 from rig.cards.kernel import read_card
 from rig.cards.profiles import load_cards
 from rig.cards.vpcd import VPCD_READER, VpcdCard
+from rig.core.errors import InfrastructureError
 from rig.drivers.reader import check_card
-from rig.errors import InfrastructureError
 
 pytestmark = pytest.mark.integration
 

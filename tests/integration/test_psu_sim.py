@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rig.config import PsuConfig
+from rig.core.errors import InstrumentError
 from rig.drivers.psu import PsuDriver
 from rig.drivers.psu_dialects import DIALECTS
-from rig.errors import InstrumentError
-from rig.events import ListSink
 from rig.sim.psu import MODELS, ScpiPsuServer, _Session
+from rig.timeline.events import ListSink
 
 pytestmark = pytest.mark.integration
 

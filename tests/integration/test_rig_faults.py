@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rig import open_rig
-from rig.events import EventKind
 from rig.faults import HostDown, HostNoResponse, Latency, PowerDropout
 from rig.faults.ledger import Ledger
+from rig.timeline.events import EventKind
 from tests import truth
 from tests.labcfg import virtual_config
 
@@ -93,7 +93,7 @@ def test_power_dropout_resets_the_terminal_and_is_recorded(rig, tmp_path):
 def test_fault_without_proxy_is_refused_before_anything_changes(tmp_path):
     cfg = virtual_config(tmp_path, time_scale=0.3)  # terminals dial the host directly
     with open_rig(cfg, results=tmp_path) as rig:
-        from rig.errors import TestError
+        from rig.core.errors import TestError
         with pytest.raises(TestError, match="host_path"), rig.fault("T1", Latency(ms=5)):
             pass
         assert rig.injector.active == {}

@@ -9,7 +9,7 @@ import pytest
 
 from rig import open_rig
 from rig.config import HostOverride
-from rig.events import EventKind
+from rig.timeline.events import EventKind
 from tests.labcfg import virtual_config, write_config
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from rig import open_rig
-from rig.errors import InstrumentError
+from rig.core.errors import InstrumentError
 from tests.labcfg import free_port, virtual_config, write_config
 
 pytestmark = pytest.mark.integration

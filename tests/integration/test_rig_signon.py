@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from rig import load_run, open_rig
-from rig.errors import InstrumentError, TestError
-from rig.events import EventKind
+from rig.core.errors import InstrumentError, TestError
+from rig.timeline.events import EventKind
 from tests.truth import read, truth_cycles
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,7 @@ def test_psu_killed_mid_series_loses_no_cycle(lab_proc, lab_file, tmp_path):
     import threading
     import time
 
-    from rig.store import open_readonly
+    from rig.timeline.store import open_readonly
 
     rig = open_rig(lab_file, results=tmp_path / "r")
     db = rig.store.path

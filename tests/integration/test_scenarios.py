@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from rig import open_rig
+from rig.control.scenario import run_scenario
 from rig.faults.labctl import LabControl
 from rig.faults.scenarios import load_scenarios
-from rig.scenario import run_scenario
 from tests.labcfg import virtual_config, write_config
 from tests.netnsfix import require_netadmin
 

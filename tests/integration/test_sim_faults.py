@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from rig.events import EventKind, ListSink
 from rig.host import AcquirerHost
 from rig.iso8583 import cup_txn, get_dialect
 from rig.sim import VirtualLab
+from rig.timeline.events import EventKind, ListSink
 from tests.labcfg import virtual_config
 from tests.simkit import OPEN, CardMoves, FakeHost, Grbl, Lines, Scpi, hostport
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from rig import netns, open_rig
+from rig import open_rig
 from rig.config import load_lab
-from rig.errors import InfrastructureError
-from rig.events import EventKind
+from rig.core import netns
+from rig.core.errors import InfrastructureError
 from rig.faults import LinkDown, Rate, Reject
 from rig.sim.lab import NETNS_NEEDS_ROOT, VirtualLab
+from rig.timeline.events import EventKind
 from tests import truth
 from tests.labcfg import VIRTUAL_YAML, virtual_config, write_config
 from tests.netnsfix import require_netadmin

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rig.config import load_lab
-from rig.errors import ConfigError
+from rig.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 VIRTUAL = (ROOT / "configs/labs/virtual.yaml").read_text()

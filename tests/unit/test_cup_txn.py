@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 from rig.iso8583 import cup_txn as txn
 from rig.iso8583 import frame, get_dialect
 from rig.iso8583.cup_txn import SettlementTotals

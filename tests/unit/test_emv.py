@@ -9,8 +9,8 @@ from rig.cards import emv, tlv
 from rig.cards.emv import EmvCard
 from rig.cards.kernel import FIELD55_TAGS, CardReadError, read_card
 from rig.cards.profiles import load_cards
+from rig.core.errors import ProtocolError
 from rig.drivers.reader import check_with
-from rig.errors import ProtocolError
 
 CARDS = load_cards()
 TODAY = date(2025, 6, 1)

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from rig.config import load_lab
-from rig.errors import ConfigError, TestError
-from rig.events import ListSink
+from rig.core.errors import ConfigError, TestError
 from rig.faults import (
     FAULTS,
     Brownout,
@@ -25,6 +24,7 @@ from rig.faults import (
 )
 from rig.faults.inject import Backends, Injector
 from rig.faults.scenarios import load_scenario, load_scenarios
+from rig.timeline.events import ListSink
 
 VIRTUAL = Path(__file__).resolve().parents[2] / "configs" / "labs" / "virtual.yaml"
 

@@ -11,7 +11,7 @@ import pytest
 
 from rig.cards.profiles import load_cards
 from rig.config import HostConfig, HostOverride
-from rig.events import EventKind
+from rig.core.redact import mask_pan
 from rig.host import rules as r
 from rig.host.accounts import Accounts, Ledger, TxnRecord, resolve_cards_dir
 from rig.host.state import HostStates
@@ -20,7 +20,7 @@ from rig.iso8583 import cup_txn as txn
 from rig.iso8583 import get_dialect
 from rig.iso8583.dialects import Message
 from rig.iso8583.keys import WorkingKeys
-from rig.redact import mask_pan
+from rig.timeline.events import EventKind
 
 CARDS = load_cards(Path(__file__).resolve().parents[2] / "configs" / "cards")
 CUP = get_dialect("cup")

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from rig.errors import ProtocolError, TestError
+from rig.core.errors import ProtocolError, TestError
 from rig.iso8583 import (
     cup,
     decode_field62,

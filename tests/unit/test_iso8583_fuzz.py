@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 from rig.iso8583 import (
     ConnectionClosed,
     cup,

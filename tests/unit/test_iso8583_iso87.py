@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 from rig.iso8583 import frame, get_dialect, iso87, x919_mac
 
 ISO87 = get_dialect("iso87")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 from rig.iso8583 import (
     WorkingKeys,
     cup_mac,

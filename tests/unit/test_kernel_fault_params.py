@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rig.errors import InfrastructureError, TestError
+from rig.core.errors import InfrastructureError, TestError
 from rig.faults import kernel
 from rig.faults.kernel import FaultParamError, KernelFaults, Match
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from rig.clock import ClockSource, WallToMono
-from rig.netstamp import (
+from rig.core.clock import ClockSource, WallToMono
+from rig.core.netstamp import (
     ANC_SPACE,
     enable_rx_timestamps,
     enable_tx_timestamps,

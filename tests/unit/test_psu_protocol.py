@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from rig.clock import Stamp
 from rig.config import PsuConfig
+from rig.core.clock import Stamp
+from rig.core.errors import InstrumentError, LimitError, TestError
 from rig.drivers.psu import PsuDriver
 from rig.drivers.psu_dialects import DIALECTS, GENERIC
-from rig.errors import InstrumentError, LimitError, TestError
-from rig.events import EventKind, ListSink
+from rig.timeline.events import EventKind, ListSink
 from tests.protocol import REOPEN, Exchange, expected_protocol, timeout_error
 
 RESOURCE = "TCPIP0::127.0.0.1::5025::SOCKET"

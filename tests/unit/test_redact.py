@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rig.redact import mask_pan, redact_message, redact_text
+from rig.core.redact import mask_pan, redact_message, redact_text
 
 
 def test_mask_pan():

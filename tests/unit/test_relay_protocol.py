@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import serial
 
-from rig.clock import Stamp
 from rig.config import RelayConfig
+from rig.core.clock import Stamp
+from rig.core.errors import InstrumentError, TestError
 from rig.drivers.relay import RelayDriver, frame
-from rig.errors import InstrumentError, TestError
-from rig.events import EventKind, ListSink
+from rig.timeline.events import EventKind, ListSink
 
 
 @pytest.mark.parametrize(("ch", "on", "wire"), [

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import serial
 
-from rig.clock import Stamp
 from rig.config import Point, RobotConfig, load_lab
+from rig.core.clock import Stamp
+from rig.core.errors import InstrumentError, LimitError, TestError
 from rig.drivers.robot import RobotDriver
 from rig.drivers.robot_moves import FairLock, Step, line_to, sync
-from rig.errors import InstrumentError, LimitError, TestError
-from rig.events import EventKind, ListSink
+from rig.timeline.events import EventKind, ListSink
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = "socket://127.0.0.1:15030"

@@ -6,10 +6,10 @@ import subprocess
 import sys
 import threading
 
-from rig.clock import ClockSource, now
-from rig.events import Event, EventKind
-from rig.recorder import Recorder
-from rig.store import Store, open_readonly
+from rig.core.clock import ClockSource, now
+from rig.timeline.events import Event, EventKind
+from rig.timeline.recorder import Recorder
+from rig.timeline.store import Store, open_readonly
 
 
 def _store(tmp_path):
@@ -86,8 +86,8 @@ def test_recorder_commits_within_interval_without_flush(tmp_path):
 
 CRASHER = r"""
 import os, sys
-from rig.store import Store
-from rig.clock import now
+from rig.timeline.store import Store
+from rig.core.clock import now
 s = Store(sys.argv[1])
 run = s.begin_run(lab="x", label=None, config={}, clock={})
 st = now()

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from rig.cards import tlv
 from rig.cards.tlv import Tlv, TlvError
-from rig.errors import ProtocolError
+from rig.core.errors import ProtocolError
 
 
 def test_encode_short_long_and_multibyte_tags():

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .clock import now
-from .errors import InfrastructureError
+from ..core.clock import now
+from ..core.errors import InfrastructureError
 
 SCHEMA_VERSION = 1
 

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import InfrastructureError
+from ..core.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
 

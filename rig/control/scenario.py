@@ -14,15 +14,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import RigError, TerminalError, TestError
-from .events import EventKind
-from .faults.scenarios import Scenario
-from .faults.schedule import is_giveup
+from ..core.errors import RigError, TerminalError, TestError
+from ..faults.scenarios import Scenario
+from ..faults.schedule import is_giveup
+from ..timeline.events import EventKind
 from .recovery import Watch, run_recovery, settle, signon_attempts
 from .signon import wait_ready
 
 if TYPE_CHECKING:
-    from .rig import Rig
+    from .bench import Rig
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run_scenario(rig: Rig, sc: Scenario, terminal: str) -> Verdict:
 
 
 def _check_kernel(rig: Rig) -> None:
-    from .faults.kernel import probe
+    from ..faults.kernel import probe
 
     caps = probe()
     if not (caps.nft and caps.net_admin):

@@ -7,7 +7,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .rig import Rig
+    from .bench import Rig
 
 
 def run_series(rig: Rig, terminals: list[str], n: int, *, off_s: float | None,

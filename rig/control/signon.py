@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .clock import Deadline
-from .errors import TerminalError
-from .events import EventKind
+from ..core.clock import Deadline
+from ..core.errors import TerminalError
+from ..timeline.events import EventKind
 
 if TYPE_CHECKING:
-    from .rig import Rig
+    from .bench import Rig
 
 
 def wait_ready(rig: Rig, terminal: str, track: Any, timeout_s: float) -> str | None:

@@ -20,28 +20,28 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from .analysis.metrics import SignOn, signon_figures
-from .clock import ClockSource, Deadline, Stamp, WallToMono, now
-from .config import LabConfig, load_lab
-from .drivers.console import ConsoleReader
-from .drivers.ecr import EcrDriver
-from .drivers.profiles import get_profile
-from .drivers.psu import PsuDriver
-from .drivers.relay import RelayDriver
-from .errors import InfrastructureError, TerminalError, TestError
-from .events import Event, EventKind
-from .faults.inject import Backends, Injector
-from .faults.labctl import LabControl
-from .faults.ledger import Ledger
-from .faults.power import PowerPath
-from .faults.schedule import Windows
-from .faults.spec import Fault
-from .faults.sweep import sweep
-from .host.server import AcquirerHost
+from ..analysis.metrics import SignOn, signon_figures
+from ..config import LabConfig, load_lab
+from ..core.clock import ClockSource, Deadline, Stamp, WallToMono, now
+from ..core.errors import InfrastructureError, TerminalError, TestError
+from ..drivers.console import ConsoleReader
+from ..drivers.ecr import EcrDriver
+from ..drivers.profiles import get_profile
+from ..drivers.psu import PsuDriver
+from ..drivers.relay import RelayDriver
+from ..faults.inject import Backends, Injector
+from ..faults.labctl import LabControl
+from ..faults.ledger import Ledger
+from ..faults.power import PowerPath
+from ..faults.schedule import Windows
+from ..faults.spec import Fault
+from ..faults.sweep import sweep
+from ..host.server import AcquirerHost
+from ..timeline.events import Event, EventKind
+from ..timeline.recorder import Recorder
+from ..timeline.store import Store
 from .labproc import LabProcess, listening
-from .recorder import Recorder
 from .signon import wait_ready
-from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Rig:
         self.robot: Any = None
         for name, inst in cfg.instruments.items():
             if inst.kind == "robot":
-                from .drivers.robot import RobotDriver
+                from ..drivers.robot import RobotDriver
 
                 layout = cfg.robot if cfg.robot and cfg.robot.instrument == name else None
                 robot = RobotDriver(name, inst, self.recorder, layout=layout)
@@ -163,7 +163,7 @@ class Rig:
 
     def _start_proxies(self) -> dict[str, Any]:
         """One fault proxy per terminal whose ``host_path`` is not the host itself."""
-        from .faults.proxy import FaultProxy
+        from ..faults.proxy import FaultProxy
 
         proxies: dict[str, Any] = {}
         for tname, t in self.cfg.terminals.items():
@@ -192,7 +192,7 @@ class Rig:
 
     def _open_faults(self) -> None:
         """The fault injector, its windows, and the sweep of a crashed rig's leftovers."""
-        from .faults.kernel import KernelFaults, Match
+        from ..faults.kernel import KernelFaults, Match
 
         cfg = self.cfg
         lab = (LabControl(cfg.sim.control_listen)
@@ -452,7 +452,7 @@ class Rig:
     def recovery(self, terminal: str, fault: Fault, during: str = "signon",
                  timeout_s: float = 120.0) -> Any:
         """Inject ``fault`` during one phase (``signon`` or ``sale``) and measure how the terminal
-        recovers once it is off: a :class:`~rig.recovery.Recovery` with ``recover_s``
+        recovers once it is off: a :class:`~rig.control.recovery.Recovery` with ``recover_s``
         (fault off → next successful sign-on or sale) and the attempts seen."""
         from .recovery import run_recovery
 

@@ -2,7 +2,7 @@
 
 Whoever owns a socket or port stamps ``clock.now()`` (or takes the kernel's stamp) right at the
 I/O boundary, builds an :class:`Event` and hands it to a :class:`Sink`. Nothing downstream
-re-stamps. ``data`` must already be redacted (see :mod:`rig.redact`).
+re-stamps. ``data`` must already be redacted (see :mod:`rig.core.redact`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from .clock import ClockSource, Stamp, now
+from ..core.clock import ClockSource, Stamp, now
 
 
 class EventKind(StrEnum):

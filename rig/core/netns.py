@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from rig.errors import InfrastructureError, TestError
+from rig.core.errors import InfrastructureError, TestError
 
 RUN_DIR = Path("/run/netns")  # where ``ip netns add`` binds namespaces
 CLONE_NEWNET = 0x40000000

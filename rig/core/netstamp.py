@@ -3,7 +3,7 @@
 For TCP, ``recvmsg`` reports the receive time of the last segment whose bytes it returned
 (coalesced segments keep the newest stamp). Reading exactly what a frame still needs, the
 stamp of the read that completes the frame is the stamp of the frame's last segment.
-Stamps are CLOCK_REALTIME; :class:`rig.clock.WallToMono` maps them onto the monotonic
+Stamps are CLOCK_REALTIME; :class:`rig.core.clock.WallToMono` maps them onto the monotonic
 timeline. Without a control message (timestamping unavailable) the reader falls back to
 ``clock.now()`` taken right after ``recvmsg`` returned, and says so.
 """

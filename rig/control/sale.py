@@ -1,6 +1,6 @@
 """A sale on a terminal: ECR ``SALE`` → the shared robot presents the card → result.
 
-Kept apart from ``rig.rig`` so the Rig stays small; :meth:`Rig.sale` calls :func:`run_sale`.
+Kept apart from ``rig.control.bench`` so the Rig stays small; :meth:`Rig.sale` calls :func:`run_sale`.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import threading
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
-from .analysis.sale_metrics import SaleResult, sale_figures
-from .errors import InfrastructureError, InstrumentError, TerminalError, TestError
-from .events import EventKind
-from .faults.spec import ExpiredCard, InsertShallow, RobotAlarm, SwipeTooFast
+from ..analysis.sale_metrics import SaleResult, sale_figures
+from ..core.errors import InfrastructureError, InstrumentError, TerminalError, TestError
+from ..faults.spec import ExpiredCard, InsertShallow, RobotAlarm, SwipeTooFast
+from ..timeline.events import EventKind
 
 if TYPE_CHECKING:
-    from .rig import Rig
+    from .bench import Rig
 
 log = logging.getLogger(__name__)
 ENTRIES = ("chip", "swipe", "tap")
@@ -208,7 +208,7 @@ def _cancel(ecr) -> None:
 def run_settle(rig: Rig, terminal: str, timeout_s: float = 30.0) -> dict[str, object]:
     """ECR ``SETTLE``: the terminal sends its batch totals (0500); the host compares them with
     its own. Returns outcome, rc, ``settle`` (balanced / unbalanced), stan."""
-    from .analysis.sale_metrics import line_fields
+    from ..analysis.sale_metrics import line_fields
 
     track = rig._check(terminal)
     ecr = rig.ecrs.get(terminal)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import TerminalError, TestError
-from .events import Event, EventKind
-from .faults.schedule import is_giveup
-from .faults.spec import Fault
+from ..core.errors import TerminalError, TestError
+from ..faults.schedule import is_giveup
+from ..faults.spec import Fault
+from ..timeline.events import Event, EventKind
 from .signon import wait_ready
 
 # Procedures take the rig duck-typed (``Rig`` is what calls them), so this module never

@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import TestError
+from ..core.errors import TestError
 
 if TYPE_CHECKING:
-    from .rig import Rig
+    from .bench import Rig
 
 VIRTUAL_READER = "Virtual PCD"
 
 
 def cards_dir(rig: Rig) -> Path:
-    from .cards.profiles import CARDS_DIR
+    from ..cards.profiles import CARDS_DIR
 
     d = Path(rig.cfg.robot.cards_dir) if rig.cfg.robot else CARDS_DIR
     return d if d.is_dir() else CARDS_DIR
@@ -27,16 +27,16 @@ def cards_dir(rig: Rig) -> Path:
 
 def card_check(rig: Rig, card: str | None, *, reader: str | None = None,
                contactless: bool = False, timeout_s: float = 5.0) -> Any:
-    from .drivers.reader import check_card
+    from ..drivers.reader import check_card
 
     if card is None:
         return check_card(reader, timeout_s=timeout_s, contactless=contactless)
     if not rig.cfg.virtual:
         raise TestError("card= names an emulated card (virtual labs only); on a bench put the "
                         "card in the reader and call card_check() without it")
-    from .cards.emv import EmvCard
-    from .cards.profiles import load_cards
-    from .cards.vpcd import VpcdCard
+    from ..cards.emv import EmvCard
+    from ..cards.profiles import load_cards
+    from ..cards.vpcd import VpcdCard
 
     profiles = load_cards(cards_dir(rig))
     if card not in profiles:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import InfrastructureError
+from ..core.errors import InfrastructureError
 
 if TYPE_CHECKING:
-    from .rig import Rig
+    from .bench import Rig
 
 
 def status(rig: Rig) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The controller: the bench (hardware owner), per-terminal cycles and the procedures."""

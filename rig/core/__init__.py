@@ -1,0 +1,1 @@
+"""Shared core: clocks, errors, redaction, socket stamping, namespaces (no controller, no sim)."""

@@ -1,0 +1,1 @@
+"""The timeline: events, the recorder, the SQLite store."""
