@@ -10,19 +10,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Rig", "SignOn", "open_rig", "load_run", "__version__"]
+__all__ = ["Rig", "SignOn", "open_rig", "open_local", "load_run", "__version__"]
 
 if TYPE_CHECKING:
     from .analysis.load import load_run
     from .analysis.metrics import SignOn
-    from .control.bench import Rig, open_rig
+    from .client import Rig, open_rig
+    from .control.bench import open_local
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import rig.sim` must not pull in the controller
     if name in ("Rig", "open_rig"):
-        from .control import bench as _rig
+        from . import client
 
-        return getattr(_rig, name)
+        return getattr(client, name)
+    if name == "open_local":
+        from .control.bench import open_local
+
+        return open_local
     if name == "SignOn":
         from .analysis.metrics import SignOn
 

@@ -62,9 +62,73 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _open(config: str):
-    from .control.bench import open_rig
+    """A client of the lab's rig service (started, detached, if none runs)."""
+    from .client import open_rig
 
-    return open_rig(config, label=state.label, results=state.results)
+    return open_rig(config, label=state.label, results=state.results, kind="cli")
+
+
+# --- the rig service ---------------------------------------------------------------------------
+@app.command()
+def serve(what: Annotated[str, typer.Argument(
+              help="a lab config to serve (foreground), or 'status' / 'stop'")] = DEFAULT_CONFIG,
+          config: ConfigOpt = DEFAULT_CONFIG,
+          host: Annotated[str, typer.Option(help="bind address; other than loopback needs "
+                                                 "the token in <results>/<lab>-service.token")]
+          = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="port (0: any free one)")] = 0,
+          idle_exit: Annotated[float, typer.Option(help="exit after this long with no client "
+                                                        "(0: never)")] = 0.0,
+          no_lab: Annotated[bool, typer.Option("--no-lab", help="do not start the virtual lab")]
+          = False,
+          delete_config: Annotated[bool, typer.Option(hidden=True)] = False,
+          as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The rig service for one lab: `rig serve CONFIG` runs it in the foreground (Ctrl-C stops
+    it, leaving the safe state); `rig serve status` / `rig serve stop` for the running one."""
+    from .config import load_lab
+    from .control.bench import results_dir
+    from .service.runtime import Paths, read_info
+    from .service.runtime import serve as run_service
+
+    if what in ("status", "stop"):
+        paths = Paths(results_dir(state.results).resolve(), load_lab(config).name)
+        info = read_info(paths)
+        if info is None:
+            if as_json:
+                out.print_json(json.dumps({"running": False, "lab": paths.lab}))
+            else:
+                out.print(f"no rig service runs for lab {paths.lab} ({paths.results})")
+            raise typer.Exit(0 if what == "stop" else 1)
+        import httpx
+
+        headers = {"authorization": f"Bearer {info['token']}"} if "token" in info else {}
+        if what == "stop":
+            httpx.post(f"{info['url']}/v1/shutdown", headers=headers, timeout=10.0)
+            from .timeline.store import pid_alive
+
+            end = time.monotonic() + 60
+            while time.monotonic() < end and pid_alive(int(info["pid"]), info.get("proc_start")):
+                time.sleep(0.1)
+            out.print(f"rig service for lab {paths.lab} (pid {info['pid']}) stopped")
+            return
+        st = httpx.get(f"{info['url']}/v1/status", headers=headers, timeout=10.0).json()
+        if as_json:
+            out.print_json(json.dumps({"running": True, **st}))
+            return
+        out.print(f"[bold]{st['lab']}[/bold] pid {st['pid']} {st['url']} up {st['uptime_s']:.0f} s "
+                  f"store {st['store']}", highlight=False)
+        for c in st["clients"]:
+            out.print(f"  client {c['who']} run {c['run_id']} {c.get('label') or ''}",
+                      highlight=False)
+        table = Table("terminal", "cycle", "leased by", "note")
+        for t, info_t in st["terminals"].items():
+            table.add_row(t, str(info_t["cycle"] or "-"), info_t["leased_by"] or "-",
+                          info_t["lease_note"] or "")
+        out.print(table)
+        return
+    raise typer.Exit(run_service(what, results=state.results, host=host, port=port,
+                                 idle_s=idle_exit, start_lab=False if no_lab else None,
+                                 delete_config=delete_config))
 
 
 # --- lab / host ---------------------------------------------------------------------------------
@@ -178,8 +242,9 @@ def signon(terminal: Annotated[str, typer.Argument(help="terminal name, or 'all'
     for name in names:
         mine = [r for r in rows if r["terminal"] == name]
         per.append({"terminal": name,
-                    "cycles": [{"ok": r["ok"], **{f: r[f] for f in SIGNON_FIGURES},
-                                "attempts": r["attempts"], "error": r["error"]} for r in mine],
+                    "cycles": [{"ok": r["ok"], **{f: r.get(f) for f in SIGNON_FIGURES},
+                                "attempts": r.get("attempts", 0), "error": r.get("error")}
+                               for r in mine],
                     "summary": summarize(mine)})
     if as_json:
         doc = per[0] if len(per) == 1 else {"terminals": per, "summary": summarize(rows)}
@@ -289,17 +354,8 @@ def card_check(card: Annotated[str | None, typer.Argument(help="emulated card (v
 
 def _robot_do(config: str, action: str) -> str:
     """Open the lab, run one robot action, render its outcome."""
-    from .core.errors import TestError
-
     with _open(config) as rig:
-        robot = rig.robot
-        if robot is None:
-            raise TestError("this lab has no card robot (no `robot:` in the lab config)")
-        if action == "status":
-            st = robot.status()
-            return f"{robot.name}: {st.state} MPos={st.mpos}"
-        getattr(robot, action)()
-        return f"{robot.name}: {'homed' if action == 'home' else 'parked'}"
+        return rig.robot_action(action)
 
 
 @robot_app.command("status")
@@ -374,12 +430,12 @@ def fault(ctx: typer.Context,
     f = make_fault(name, **_fault_params(list(ctx.args)))
     _sigterm_as_interrupt()
     with _open(config) as rig:
-        with rig.fault(what, f) as armed:
+        with rig.fault(what, f):
             timed = f.for_s is not None and f.during is None and f.at_s is None
             out.print(f"{what}: {f.label()} " + (f"on, held for {f.for_s:g} s" if timed else
                       "armed; Ctrl-C undoes it"), highlight=False)
             if timed:
-                armed[0].wait_off(f.for_s + 10.0)
+                time.sleep(f.for_s + 0.2)  # the service turns it off on time; then disarm
             else:
                 while True:
                     time.sleep(1.0)
@@ -416,10 +472,17 @@ def _fault_list(config: str, as_json: bool) -> None:
 
 
 def _fault_clear(config: str, as_json: bool) -> None:
+    from .config import load_lab
+    from .control.bench import results_dir
+    from .service.runtime import Paths, read_info
+
     ledger = _ledger(config)
+    service = read_info(Paths(results_dir(state.results).resolve(), load_lab(config).name)) or {}
     asked = set()
     for e in ledger.entries():
         pid = int(e.get("pid", 0))
+        if pid == service.get("pid"):
+            continue  # the service turns its own faults off when asked
         if e.get("alive") and pid != os.getpid() and pid not in asked:
             asked.add(pid)
             os.kill(pid, signal.SIGTERM)  # its rig unwinds: every fault off, recorded
@@ -428,8 +491,8 @@ def _fault_clear(config: str, as_json: bool) -> None:
     end = time.monotonic() + 15  # until the holders have exited (their rig released the lab)
     while time.monotonic() < end and any(pid_alive(p) for p in asked):
         time.sleep(0.1)
-    with _open(config) as rig:  # a new rig sweeps what is left (kernel, PSU, lab, ledger)
-        undone = list(rig.swept)
+    with _open(config) as rig:  # the service turns every fault off; its start swept a
+        undone = rig.clear_faults()  # crashed service's leftovers (kernel, PSU, lab, ledger)
     result = {"stopped_pids": sorted(asked), "undone": undone}
     if as_json:
         out.print_json(json.dumps(result))
@@ -469,7 +532,6 @@ def scenario_run(name: Annotated[str, typer.Argument(help="scenario name, or 'al
                  directory: Annotated[str | None, typer.Option("--dir",
                                                                help="scenario folder")] = None) -> None:
     """Run one scenario (or all) on a terminal; exit code 1 when any verdict is not pass."""
-    from .control.scenario import pick_terminal, run_scenario
     from .core.errors import TestError
     from .faults.scenarios import load_scenarios
 
@@ -481,10 +543,9 @@ def scenario_run(name: Annotated[str, typer.Argument(help="scenario name, or 'al
     verdicts = []
     with _open(config) as rig:
         for sc in chosen:
-            t = pick_terminal(rig, sc, terminal)
             if not as_json:
-                err.print(f"running {sc.name} on {t} ...", highlight=False)
-            verdicts.append(run_scenario(rig, sc, t).as_dict())
+                err.print(f"running {sc.name} ...", highlight=False)
+            verdicts.append(rig.scenario(sc, terminal).as_dict())
     if as_json:
         out.print_json(json.dumps(verdicts[0] if name != "all" else verdicts))
     else:

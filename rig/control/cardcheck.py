@@ -1,4 +1,4 @@
-"""``Rig.card_check()``: the operator's "check the card" step, through PC/SC.
+"""Card check: the operator's "check the card" step, through PC/SC.
 
 On a bench the card sits in a real PC/SC reader. On the virtual lab the named emulated card is
 attached to pcscd's virtual reader (vsmartcard-vpcd) for the duration of the check, so the same
@@ -8,24 +8,22 @@ pyscard code path reads it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.errors import TestError
-
-if TYPE_CHECKING:
-    from .bench import Rig
+from .hardware import Hardware
 
 VIRTUAL_READER = "Virtual PCD"
 
 
-def cards_dir(rig: Rig) -> Path:
+def cards_dir(rig: Hardware) -> Path:
     from ..cards.profiles import CARDS_DIR
 
     d = Path(rig.cfg.robot.cards_dir) if rig.cfg.robot else CARDS_DIR
     return d if d.is_dir() else CARDS_DIR
 
 
-def card_check(rig: Rig, card: str | None, *, reader: str | None = None,
+def card_check(rig: Hardware, card: str | None, *, reader: str | None = None,
                contactless: bool = False, timeout_s: float = 5.0) -> Any:
     from ..drivers.reader import check_card
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,19 @@ from pathlib import Path
 from ..core.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: SIGTERM when ``parent`` dies; exit if it already has."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def listening(hostport: str, timeout_s: float = 0.3) -> bool:
@@ -46,10 +60,16 @@ class LabProcess:
         if self.journal:
             cmd += ["--journal", str(self.journal)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        parent = os.getpid()
         errfile = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
+            # Own session: a Ctrl-C at the terminal reaches the rig, which stops the lab in
+            # order; PDEATHSIG is set before exec, so the lab dies with us even if we are
+            # killed while it is still starting.
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile,
-                                         stdin=subprocess.DEVNULL, text=True, env=env)
+                                         stdin=subprocess.DEVNULL, text=True, env=env,
+                                         start_new_session=True,
+                                         preexec_fn=lambda: _die_with(parent))
         finally:
             if self.log_path:
                 errfile.close()

@@ -22,8 +22,8 @@ from ..faults.spec import Fault
 from ..timeline.events import Event, EventKind
 from .signon import wait_ready
 
-# Procedures take the rig duck-typed (``Rig`` is what calls them), so this module never
-# imports rig.rig back; per-terminal cycle objects replace this with the rig service.
+# Procedures take the session (rig.control.session.Session) duck-typed: it calls them, so
+# this module never imports it back.
 Rig = Any
 
 RECOVERY_PHASES = ("signon", "sale")
@@ -57,7 +57,7 @@ class Watch:
         self.rig, self.terminal = rig, terminal
         self.events: list[Event] = []
         self.cond = threading.Condition()
-        rig.recorder.add_listener(self._on)
+        rig.hw.recorder.add_listener(self._on)
 
     def _on(self, ev: Event) -> None:
         if ev.terminal == self.terminal:
@@ -66,7 +66,7 @@ class Watch:
                 self.cond.notify_all()
 
     def close(self) -> None:
-        self.rig.recorder.remove_listener(self._on)
+        self.rig.hw.recorder.remove_listener(self._on)
 
     def first(self, pred: Callable[[Event], bool], after_ns: int = 0) -> Event | None:
         with self.cond:
@@ -144,15 +144,15 @@ def _last_off(watch: Watch, armed: list[Any], timeout_s: float) -> Event | None:
 
 def _signon(rig: Rig, terminal: str, faults: list[Fault], watch: Watch,
             timeout_s: float) -> Recovery:
-    track = rig._check(terminal)
+    track = rig.cycle(terminal)
     base = {"terminal": terminal, "fault": _label(faults), "during": "signon"}
     with rig.fault(terminal, *faults) as armed:
         cycle = rig.power_cycle(terminal)
         try:
-            wait_ready(rig, terminal, track, timeout_s)
+            wait_ready(rig.hw, track, timeout_s)
             off = _last_off(watch, armed, timeout_s)
         except BaseException as e:
-            rig._finish(terminal, state="aborted", error=str(e) or type(e).__name__)
+            rig.cycle(terminal).finish("aborted", error=str(e) or type(e).__name__)
             raise
     on = watch.first(_kind(EventKind.POWER_ON))
     fon = watch.first(lambda e: e.kind == EventKind.FAULT_ON)
@@ -163,8 +163,8 @@ def _signon(rig: Rig, terminal: str, faults: list[Fault], watch: Watch,
         if ready is None and watch.first(is_giveup, after_ns=on.mono_ns if on else 0):
             remedy = "signon"  # the terminal stopped trying: the operator signs on again
             try:
-                if terminal in rig.ecrs:
-                    rig.ecrs[terminal].command("SIGNON")
+                if terminal in rig.hw.ecrs:
+                    rig.hw.ecrs[terminal].command("SIGNON")
             except TerminalError as e:
                 remedy = f"signon refused: {e}"
         if ready is None:
@@ -183,14 +183,14 @@ def _signon(rig: Rig, terminal: str, faults: list[Fault], watch: Watch,
         fault_on_s=(fon.mono_ns - on.mono_ns) / 1e9 if fon and on else None,
         fault_held_s=(off.mono_ns - fon.mono_ns) / 1e9 if off and fon else None,
         remedy=remedy, cycle=cycle, error=error)
-    rig._finish(terminal, state="completed", error=error,
+    rig.cycle(terminal).finish("completed", error=error,
                 extra={"recover_s": rec.recover_s, "recovery": rec.as_dict()})
     return rec
 
 
 def settle(rig: Rig, terminal: str, timeout_s: float = 10.0) -> str | None:
     """Wait until the terminal is neither booting nor signing on (STATUS over ECR)."""
-    ecr = rig.ecrs.get(terminal)
+    ecr = rig.hw.ecrs.get(terminal)
     if ecr is None:
         return None
     end = time.monotonic() + timeout_s

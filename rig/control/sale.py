@@ -1,22 +1,18 @@
-"""A sale on a terminal: ECR ``SALE`` → the shared robot presents the card → result.
-
-Kept apart from ``rig.control.bench`` so the Rig stays small; :meth:`Rig.sale` calls :func:`run_sale`.
-"""
+"""A sale on a terminal: ECR ``SALE`` → the shared robot presents the card → result; and the
+batch settlement (``SETTLE``). Procedures of a :class:`~rig.control.cycles.TerminalCycle`."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
 
 from ..analysis.sale_metrics import SaleResult, sale_figures
 from ..core.errors import InfrastructureError, InstrumentError, TerminalError, TestError
 from ..faults.spec import ExpiredCard, InsertShallow, RobotAlarm, SwipeTooFast
 from ..timeline.events import EventKind
-
-if TYPE_CHECKING:
-    from .bench import Rig
+from .cycles import TerminalCycle
+from .hardware import Hardware
 
 log = logging.getLogger(__name__)
 ENTRIES = ("chip", "swipe", "tap")
@@ -36,16 +32,16 @@ def to_minor(amount: str | int | float | Decimal) -> int:
     return int(d * 100)
 
 
-def run_sale(rig: Rig, terminal: str, *, amount: str | None, card: str, entry: str,
-             txn: str = "sale",
+def run_sale(hw: Hardware, tc: TerminalCycle, run_id: int, *, amount: str | None, card: str,
+             entry: str, txn: str = "sale", owner: str | None = None,
              swipe_speed_mm_s: float | None = None, tap_dwell_ms: float | None = None,
              timeout_s: float = 60.0) -> SaleResult:
-    track = rig._check(terminal)
-    layout, robot = rig.cfg.robot, rig.robot
+    terminal = tc.terminal
+    layout, robot = hw.cfg.robot, hw.robot
     if layout is None or robot is None:
         raise TestError("this lab has no card robot: add `robot:` and a robot instrument to the "
                         "lab config")
-    stations = rig.cfg.terminals[terminal].stations
+    stations = hw.cfg.terminals[terminal].stations
     if stations is None:
         raise TestError(f"{terminal}: no `stations:` in the lab config; the robot cannot reach it")
     if entry not in ENTRIES:
@@ -56,7 +52,7 @@ def run_sale(rig: Rig, terminal: str, *, amount: str | None, card: str, entry: s
     if slot is None:
         raise TestError(f"card {card!r} is not in the robot's magazine "
                         f"({', '.join(sorted(set(layout.magazine.slots.values())))})")
-    ecr = rig.ecrs.get(terminal)
+    ecr = hw.ecrs.get(terminal)
     if ecr is None:
         raise TestError(f"{terminal}: no ECR port configured; a sale is started over ECR")
     minor = None if txn == "balance" else to_minor(amount)
@@ -64,7 +60,7 @@ def run_sale(rig: Rig, terminal: str, *, amount: str | None, card: str, entry: s
     dwell = layout.tap_dwell_ms if tap_dwell_ms is None else tap_dwell_ms
     base = {"terminal": terminal, "card": card, "entry": entry, "amount_minor": minor, "txn": txn}
 
-    cycle = rig._begin_cycle(terminal, "sale")
+    cycle = tc.begin(run_id, "sale", owner)
     outcome: str | None = None
     error: str | None = None
     try:
@@ -72,36 +68,36 @@ def run_sale(rig: Rig, terminal: str, *, amount: str | None, card: str, entry: s
             ecr.command(TXNS[txn] if minor is None else f"{TXNS[txn]} {minor}")
         except TerminalError as e:
             outcome, error = "refused", str(e)
-        if outcome is None and rig._wait_event(track, {EventKind.CARD_WAIT}, 10.0) is None:
+        if outcome is None and tc.wait_event({EventKind.CARD_WAIT}, 10.0) is None:
             outcome, error = "failed", "terminal did not ask for a card within 10 s"
         if outcome is None:
-            outcome, error = _present(rig, terminal, track, robot, slot, stations, entry, speed,
-                                      dwell, timeout_s)
+            outcome, error = _present(hw, tc, robot, slot, stations, entry, speed, dwell,
+                                      timeout_s)
     except BaseException as e:
         _cancel(ecr)
-        taken = rig._take(terminal)
+        taken = tc.take()
         if taken:
-            rig._mark(taken[0], "aborted", {**base, "outcome": "aborted",
-                                            "error": str(e) or type(e).__name__})
+            tc.mark(taken[0], "aborted", {**base, "outcome": "aborted",
+                                          "error": str(e) or type(e).__name__})
         raise
-    taken = rig._take(terminal)
+    taken = tc.take()
     events = taken[2] if taken else []
     figs = sale_figures(events)
     if figs["outcome"] is not None and outcome in (None, "result"):
         outcome = figs["outcome"]
     result = SaleResult(**base, **{k: v for k, v in figs.items() if k != "outcome"},
                         outcome=outcome or "failed", cycle=cycle, error=error)
-    rig._mark(cycle, "completed", result.as_dict())
-    rig.store.add_sale(rig.run_id, cycle, result.as_dict())
+    tc.mark(cycle, "completed", result.as_dict())
+    hw.store.add_sale(run_id, cycle, result.as_dict())
     return result
 
 
-def _robot_faults(rig: Rig, terminal: str, slot: int, stations, speed: float):
+def _robot_faults(hw: Hardware, terminal: str, slot: int, stations, speed: float):
     """Apply the terminal's active robot faults to how the card is presented: another card,
     a shallow insert, a too-fast swipe; returns (slot, stations, speed, alarm_after_ms)."""
-    layout = rig.cfg.robot
+    layout = hw.cfg.robot
     alarm_ms = None
-    for f in rig.injector.robot_faults(terminal):
+    for f in (hw.injector.robot_faults(terminal) if hw.injector else ()):
         if isinstance(f, ExpiredCard):
             swapped = layout.slot_of(f.card) if layout else None
             if swapped is None:
@@ -121,14 +117,15 @@ def _robot_faults(rig: Rig, terminal: str, slot: int, stations, speed: float):
 MAX_PRESENTS = 5  # an operator presents the card again when asked, this often at most
 
 
-def _present(rig: Rig, terminal: str, track, robot, slot: int, stations, entry: str,
+def _present(hw: Hardware, tc: TerminalCycle, robot, slot: int, stations, entry: str,
              speed: float, dwell: float, timeout_s: float) -> tuple[str, str | None]:
     """Robot part of a sale; returns (outcome, error) — outcome "result" when the terminal
     showed a RESULT line (the figures then say approved/declined/failed). When the terminal
     asks for the card again ("insert again") the robot presents it again; when it falls back
     from the chip to the magstripe, the robot swipes the card."""
+    terminal = tc.terminal
     with robot.session(terminal):
-        slot, stations, speed, alarm_ms = _robot_faults(rig, terminal, slot, stations, speed)
+        slot, stations, speed, alarm_ms = _robot_faults(hw, terminal, slot, stations, speed)
         robot.pick(slot)
         timer = None
         inserted = False
@@ -145,16 +142,16 @@ def _present(rig: Rig, terminal: str, track, robot, slot: int, stations, entry: 
                     if alarm_ms is None:
                         raise
                     _recover_robot(robot)
-                    _cancel(rig.ecrs[terminal])
-                    rig._wait_event(track, {EventKind.AUTH_RESULT}, 5.0)
+                    _cancel(hw.ecrs[terminal])
+                    tc.wait_event({EventKind.AUTH_RESULT}, 5.0)
                     return "robot_alarm", str(e)
                 # the driver records CARD_PRESENTED (for the session's terminal) with this stamp
-                ev = rig._wait_event(track, {EventKind.AUTH_RESULT, EventKind.CARD_FAIL},
+                ev = tc.wait_event({EventKind.AUTH_RESULT, EventKind.CARD_FAIL},
                                      timeout_s, after_ns=stamp.mono_ns - 1)
                 if ev is None or ev.kind == EventKind.AUTH_RESULT:
                     break
                 fails.append(str(ev.data.get("line", "")).split("reason=", 1)[-1])
-                ask = rig._wait_event(track, {EventKind.CARD_RETRY, EventKind.CARD_FALLBACK,
+                ask = tc.wait_event({EventKind.CARD_RETRY, EventKind.CARD_FALLBACK,
                                               EventKind.AUTH_RESULT}, 2.0, after_ns=ev.mono_ns)
                 if ask is None or ask.kind == EventKind.AUTH_RESULT:
                     ev = ask or ev
@@ -171,13 +168,13 @@ def _present(rig: Rig, terminal: str, track, robot, slot: int, stations, entry: 
                 robot.withdraw(stations)
             robot.return_card(slot)
     if ev is None:
-        _cancel(rig.ecrs[terminal])
+        _cancel(hw.ecrs[terminal])
         return "failed", f"no result within {timeout_s:.0f} s"
     if ev.kind == EventKind.CARD_FAIL:
         reason = " → ".join(dict.fromkeys(fails)) or str(ev.data.get("line", "")).split(
             "reason=", 1)[-1]  # every distinct reason, in order (chip, then the fallback)
-        _cancel(rig.ecrs[terminal])
-        rig._wait_event(track, {EventKind.AUTH_RESULT}, 5.0)
+        _cancel(hw.ecrs[terminal])
+        tc.wait_event({EventKind.AUTH_RESULT}, 5.0)
         return "read_failed", reason
     return "result", None
 
@@ -205,23 +202,24 @@ def _cancel(ecr) -> None:
         log.warning("%s: CANCEL failed: %s", ecr.terminal, e)
 
 
-def run_settle(rig: Rig, terminal: str, timeout_s: float = 30.0) -> dict[str, object]:
+def run_settle(hw: Hardware, tc: TerminalCycle, run_id: int, timeout_s: float = 30.0,
+               owner: str | None = None) -> dict[str, object]:
     """ECR ``SETTLE``: the terminal sends its batch totals (0500); the host compares them with
     its own. Returns outcome, rc, ``settle`` (balanced / unbalanced), stan."""
     from ..analysis.sale_metrics import line_fields
 
-    track = rig._check(terminal)
-    ecr = rig.ecrs.get(terminal)
+    terminal = tc.terminal
+    ecr = hw.ecrs.get(terminal)
     if ecr is None:
         raise TestError(f"{terminal}: no ECR port configured; settlement is started over ECR")
-    cycle = rig._begin_cycle(terminal, "settle")
+    cycle = tc.begin(run_id, "settle", owner)
     try:
         ecr.command("SETTLE")
-        ev = rig._wait_event(track, {EventKind.AUTH_RESULT}, timeout_s)
+        ev = tc.wait_event({EventKind.AUTH_RESULT}, timeout_s)
     except BaseException as e:
-        taken = rig._take(terminal)
+        taken = tc.take()
         if taken:
-            rig._mark(taken[0], "aborted", {"outcome": "aborted", "error": str(e) or type(e).__name__})
+            tc.mark(taken[0], "aborted", {"outcome": "aborted", "error": str(e) or type(e).__name__})
         raise
     fields = line_fields(ev)
     line = str(ev.data.get("line", "")) if ev else ""
@@ -229,6 +227,6 @@ def run_settle(rig: Rig, terminal: str, timeout_s: float = 30.0) -> dict[str, ob
     result: dict[str, object] = {"terminal": terminal, "outcome": outcome, "rc": fields.get("rc"),
                                  "settle": fields.get("settle"), "stan": fields.get("stan"),
                                  "error": None if ev else f"no result within {timeout_s:.0f} s"}
-    rig._take(terminal)
-    rig._mark(cycle, "completed", result)
+    tc.take()
+    tc.mark(cycle, "completed", result)
     return result

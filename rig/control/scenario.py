@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.errors import RigError, TerminalError, TestError
 from ..faults.scenarios import Scenario
@@ -21,8 +21,8 @@ from ..timeline.events import EventKind
 from .recovery import Watch, run_recovery, settle, signon_attempts
 from .signon import wait_ready
 
-if TYPE_CHECKING:
-    from .bench import Rig
+# Procedures take the session (rig.control.session.Session) duck-typed: it calls them.
+Rig = Any
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def pick_terminal(rig: Rig, sc: Scenario, terminal: str) -> str:
 
 
 def run_scenario(rig: Rig, sc: Scenario, terminal: str) -> Verdict:
-    rig._check(terminal)
+    rig.cycle(terminal)
     t0 = time.monotonic()
     watch = Watch(rig, terminal)
     expected = sc.expect.model_dump(exclude_none=True, exclude_defaults=True)
@@ -161,14 +161,14 @@ def _sale(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, Any]
 
 def _login(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, Any]:
     """A wrong operator id / password: refused, no sign-on sent; the right one recovers."""
-    track = rig._check(terminal)
-    ecr = rig.ecrs.get(terminal)
+    track = rig.cycle(terminal)
+    ecr = rig.hw.ecrs.get(terminal)
     if ecr is None:
         raise TestError(f"{terminal}: {sc.name} logs in over ECR; the terminal has no ECR port")
     creds = sc.login or {"op": "99", "password": "bad"}
     rig.power_cycle(terminal)
     try:
-        if rig._wait_event(track, {EventKind.BOOT_DONE}, sc.timeout_s) is None:
+        if track.wait_event({EventKind.BOOT_DONE}, sc.timeout_s) is None:
             raise TerminalError(f"{terminal}: did not boot within {sc.timeout_s:.0f} s")
         bad_ns = time.monotonic_ns()
         try:
@@ -180,11 +180,11 @@ def _login(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, Any
         time.sleep(2.0)  # a terminal that ignored the refusal would sign on now
         sent = any(e.kind == EventKind.SIGNON_REQ and e.mono_ns >= bad_ns for e in watch.events)
         good_ns = time.monotonic_ns()
-        error = wait_ready(rig, terminal, track, sc.timeout_s)
+        error = wait_ready(rig.hw, track, sc.timeout_s)
     except BaseException as e:
-        rig._finish(terminal, state="aborted", error=str(e) or type(e).__name__)
+        rig.cycle(terminal).finish("aborted", error=str(e) or type(e).__name__)
         raise
-    s = rig._finish(terminal, state="completed", error=error)
+    s = rig.cycle(terminal).finish("completed", error=error)
     ready = watch.first(lambda e: e.kind == EventKind.READY, after_ns=good_ns)
     return {"login_refused": refused, "signon_sent": sent, "recovers": s.ok,
             "recover_s": (ready.mono_ns - good_ns) / 1e9 if ready else None,
@@ -194,21 +194,21 @@ def _login(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, Any
 def _not_signed_on(rig: Rig, sc: Scenario, terminal: str, watch: Watch) -> dict[str, Any]:
     """Make the terminal give up signing on (the scenario's faults), then try a sale: refused.
     Recovery is the operator's remedy: sign on again."""
-    track = rig._check(terminal)
+    track = rig.cycle(terminal)
     faults = sc.fault_objects()
     with rig.fault(terminal, *faults):
         rig.power_cycle(terminal)
         try:
-            wait_ready(rig, terminal, track, sc.timeout_s)
+            wait_ready(rig.hw, track, sc.timeout_s)
         except BaseException as e:
-            rig._finish(terminal, state="aborted", error=str(e) or type(e).__name__)
+            rig.cycle(terminal).finish("aborted", error=str(e) or type(e).__name__)
             raise
-        rig._finish(terminal, state="completed")
+        rig.cycle(terminal).finish("completed")
     gave_up = any(is_giveup(e) for e in watch.events)
     r = rig.sale(terminal, **sc.sale.model_dump())
     fixed_ns = time.monotonic_ns()
     try:
-        rig.ecrs[terminal].command("SIGNON")
+        rig.hw.ecrs[terminal].command("SIGNON")
     except TerminalError as e:
         log.info("%s: SIGNON refused: %s", terminal, e)
     ready = watch.wait(lambda e: e.kind == EventKind.READY, sc.timeout_s, after_ns=fixed_ns)

@@ -1,54 +1,83 @@
-"""Sign-on series: power-cycle terminals n times each, terminals in parallel, with progress."""
+"""Sign-on series: power-cycle terminals n times each, terminals in parallel, with progress.
+
+Each terminal runs in its own worker under its own cycle object: a terminal whose equipment
+fails (console port gone, ECR dead) ends its own part with the error in its row; the others
+go on. Only a cancel (Ctrl-C, ``stop()``) or a wrong test (TestError) ends the whole series.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-if TYPE_CHECKING:
-    from .bench import Rig
+from ..core.errors import RigError, TestError
+from .cycles import TerminalCycle
+from .hardware import Hardware
+from .signon import power_cycle, wait_signon
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, int], None]  # (done, ok, total)
 
 
-def run_series(rig: Rig, terminals: list[str], n: int, *, off_s: float | None,
-               timeout_s: float, progress: bool) -> Any:
-    import pandas as pd
-    from tqdm.auto import tqdm
-
+def run_series(hw: Hardware, cycles: list[TerminalCycle], n: int, run_id: int, *,
+               off_s: float | None, timeout_s: float, owner: str | None = None,
+               progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Rows (one per cycle, ``i`` counting from 1), sorted by terminal and ``i``."""
     rows: list[dict[str, Any]] = []
     lock = threading.Lock()
-    bar = tqdm(total=n * len(terminals), desc="sign-on cycles", unit="cycle", disable=not progress)
-    failed = threading.Event()
+    total = n * len(cycles)
+    fatal: list[BaseException] = []
 
-    def one_terminal(t: str) -> None:
-        for i in range(n):
-            if failed.is_set():
-                return
-            rig.power_cycle(t, off_s=off_s)
-            s = rig.wait_signon(t, timeout_s=timeout_s)
-            with lock:
-                rows.append({**s.as_dict(), "i": i + 1})
-                bar.update(1)
-                bar.set_postfix(ok=sum(r["ok"] for r in rows), refresh=False)
+    def one_terminal(tc: TerminalCycle) -> None:
+        with tc.using(owner):
+            for i in range(n):
+                if fatal:
+                    return
+                try:
+                    power_cycle(hw, tc, run_id, off_s=off_s, owner=owner)
+                    s = wait_signon(hw, tc, timeout_s=timeout_s)
+                    row = {**s.as_dict(), "i": i + 1}
+                except TestError:
+                    raise
+                except RigError as e:  # this terminal's trouble: its row says so, it stops
+                    log.error("%s: series stopped for this terminal at cycle %d: %s",
+                              tc.terminal, i + 1, e)
+                    row = {"terminal": tc.terminal, "cycle": tc.cycle_id, "ok": False,
+                           "error": f"{type(e).__name__}: {e}", "i": i + 1}
+                    with lock:
+                        rows.append(row)
+                        if progress:
+                            progress(len(rows), sum(bool(r["ok"]) for r in rows), total)
+                    return
+                with lock:
+                    rows.append(row)
+                    if progress:
+                        progress(len(rows), sum(bool(r["ok"]) for r in rows), total)
 
-    pool = ThreadPoolExecutor(max_workers=len(terminals), thread_name_prefix="series")
+    def guarded(tc: TerminalCycle) -> None:
+        try:
+            one_terminal(tc)
+        except BaseException as e:
+            fatal.append(e)
+            for other in cycles:  # wake the other workers
+                other.cancel.set()
+
+    pool = ThreadPoolExecutor(max_workers=max(1, len(cycles)), thread_name_prefix="series")
     try:
-        futures = [pool.submit(one_terminal, t) for t in terminals]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in done:
-            if f.exception() is not None:
-                failed.set()
-                wait(futures)
-                raise f.exception()  # type: ignore[misc]
+        futures = [pool.submit(guarded, tc) for tc in cycles]
+        for f in futures:
+            f.result()
     except BaseException:
-        failed.set()
-        rig.stop()  # wake waiting workers; the rig's close() marks open cycles aborted
-        wait(futures, timeout=5.0)
+        for tc in cycles:
+            tc.cancel.set()
         raise
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        bar.close()
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        df = df.sort_values(["terminal", "i"]).reset_index(drop=True)
-    return df
+        pool.shutdown(wait=True, cancel_futures=True)
+    if fatal:
+        first = next((e for e in fatal if not isinstance(e, KeyboardInterrupt)), fatal[0])
+        raise first
+    return sorted(rows, key=lambda r: (r["terminal"], r["i"]))

@@ -1,17 +1,15 @@
-"""``Rig.status()``: what a lab engineer checks first — instruments, outputs, terminals."""
+"""Status: what a lab engineer checks first — instruments, outputs, terminals."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.errors import InfrastructureError
-
-if TYPE_CHECKING:
-    from .bench import Rig
+from .hardware import Hardware
 
 
-def status(rig: Rig) -> dict[str, Any]:
-    out: dict[str, Any] = {"lab": rig.cfg.name, "run_id": rig.run_id,
+def status(rig: Hardware, run_id: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"lab": rig.cfg.name, "run_id": run_id,
                            "store": str(rig.store.path), "instruments": {}, "terminals": {}}
     for name, psu in rig.psus.items():
         try:

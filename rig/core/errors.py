@@ -33,3 +33,17 @@ class TestError(RigError):
     """The test itself is wrong (unknown terminal, bad arguments)."""
 
     __test__ = False  # not a pytest test class
+
+
+class Cancelled(KeyboardInterrupt):
+    """A procedure was asked to stop (Ctrl-C, ``rig.stop()``, its client went away).
+
+    A KeyboardInterrupt, so a notebook's interrupt and a cancel end a run the same way."""
+
+
+class LeaseError(TestError):
+    """A terminal is leased by another client; the message names the holder, note and since."""
+
+
+class ServiceError(InfrastructureError):
+    """The rig service cannot be reached, or it died while serving a call."""

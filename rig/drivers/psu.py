@@ -6,7 +6,8 @@ returned, record a ``PSU_IO`` event; on a timeout or a dropped socket it reconne
 replays the whole exchange (SCPI settings are idempotent), then raises :class:`InstrumentError`.
 A setting is one exchange: the command, its acknowledgement (``*OPC?``, or a read-back for
 dialects without one) and ``SYST:ERR?``. Safety limits are checked before any byte leaves.
-Power on/off events are the caller's (the Rig records them with the stamp ``output`` returns).
+Power on/off events are the caller's: it records them from the :class:`PowerEdge` that
+:meth:`PsuDriver.switch` returns (the stamp, who took it, and the TX → ACK bracket).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import logging
 import math
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import pyvisa
@@ -28,6 +31,7 @@ from ..core.clock import ClockSource, Stamp, WallToMono, now
 from ..core.errors import InstrumentError, LimitError, TestError
 from ..core.netstamp import StampingSocket
 from ..timeline.events import Event, EventKind, Sink
+from .power_edge import PowerEdge
 from .psu_dialects import DIALECTS, PsuDialect
 
 _W2M = WallToMono()
@@ -60,6 +64,17 @@ class VisaResource(Protocol):
 Limits = dict[int, tuple[float, float]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Io:
+    """One line of an exchange: the reply (queries), when its write began, and the stamp taken
+    right after the write (commands) or of the reply (queries), with who took it."""
+
+    reply: str | None
+    tx_ns: int
+    stamp: Stamp
+    clock: ClockSource
+
+
 class PsuDriver:
     """One SCPI power supply; thread-safe (one lock around each exchange).
 
@@ -81,7 +96,9 @@ class PsuDriver:
         self._opener = opener or self._open_resource
         self._lock = threading.RLock()
         self._stamper: StampingSocket | None = None
-        self.last_clock = ClockSource.THREAD  # who stamped the last reply
+        # who stamped the last reply, whichever thread's exchange it was: read after the lock is
+        # released it may belong to another call; switch() returns the clock with the stamp
+        self.last_clock = ClockSource.THREAD
         self._res: VisaResource | None = None
 
     @property
@@ -146,11 +163,13 @@ class PsuDriver:
                 log.debug("%s: closing: %s", self.who, e)
 
     # --- the one place that does I/O -------------------------------------------------------
-    def _exchange(self, lines: Sequence[str]) -> list[tuple[str | None, Stamp]]:
-        """Send each line, reading a reply for queries; ``(reply, stamp)`` per line.
+    def _exchange(self, lines: Sequence[str]) -> list[_Io]:
+        """Send each line, reading a reply for queries; an :class:`_Io` per line.
 
-        The stamp is taken right after the write (commands) or the read (queries) returned.
-        On a timeout or a dropped connection: reconnect once and replay all ``lines``.
+        ``tx_ns`` is taken right before the write began; the stamp right after the write
+        (commands) or of the reply (queries: the kernel's receive stamp of its last segment, or
+        right after the read returned). On a timeout or a dropped connection: reconnect once
+        and replay all ``lines``.
         """
         with self._lock:
             for attempt in (1, 2):
@@ -158,10 +177,11 @@ class PsuDriver:
                     self._connect()
                 res = self._res
                 assert res is not None
-                out: list[tuple[str | None, Stamp]] = []
+                out: list[_Io] = []
                 line = lines[0]
                 try:
                     for line in lines:
+                        tx_ns = time.monotonic_ns()
                         res.write(line)
                         if self._stamper is not None:
                             self._stamper.take()  # forget anything older than this reply
@@ -174,7 +194,7 @@ class PsuDriver:
                         self._sink.record(Event.at(stamp, EventKind.PSU_IO, self.name,
                                                    clock=clock, cmd=line, reply=reply))
                         log.debug("%s: %r -> %r", self.name, line, reply)
-                        out.append((reply, stamp))
+                        out.append(_Io(reply, tx_ns, stamp, clock))
                     return out
                 except (VisaError, OSError, UnicodeDecodeError) as e:
                     problem = self._describe(e, line)
@@ -212,12 +232,14 @@ class PsuDriver:
 
     # --- building blocks ---------------------------------------------------------------------
     def _query(self, line: str) -> str:
-        ((reply, _),) = self._exchange([line])
-        assert reply is not None
-        return reply
+        (io,) = self._exchange([line])
+        assert io.reply is not None
+        return io.reply
 
-    def _setting(self, line: str, readback: str, accept: Callable[[str], bool]) -> Stamp:
-        """Send a setting, acknowledge it, check the error queue; stamp of the acknowledgement."""
+    def _setting(self, line: str, readback: str,
+                 accept: Callable[[str], bool]) -> tuple[_Io, _Io]:
+        """Send a setting, acknowledge it, check the error queue; the setting's write and its
+        acknowledgement (the ``*OPC?`` reply, or the read-back for dialects without one)."""
         d = self.dialect
         confirm = d.ack or readback
         with self._lock:
@@ -225,9 +247,11 @@ class PsuDriver:
                 # one program message: the instrument answers *OPC? as soon as it switched, so the
                 # acknowledgement does not wait for this thread to get the GIL back between two
                 # writes (measured: +5.4 ms p50 / +26 ms p99 with one busy Python thread)
-                (ack, stamp), (err, _) = self._exchange([f"{line};{d.ack}", d.error_query])
+                got, check = self._exchange([f"{line};{d.ack}", d.error_query])
+                sent = got
             else:
-                _, (ack, stamp), (err, _) = self._exchange([line, confirm, d.error_query])
+                sent, got, check = self._exchange([line, confirm, d.error_query])
+            ack, err = got.reply, check.reply
             assert ack is not None and err is not None
             self._raise_on_error(line, err)
             try:
@@ -237,7 +261,7 @@ class PsuDriver:
             if not ok:
                 raise InstrumentError(f"{self.who}: {line!r} not confirmed: {confirm!r} answered "
                                       f"{ack!r}; check the dialect ({d.name}) fits the instrument")
-        return stamp
+        return sent, got
 
     def _raise_on_error(self, line: str, reply: str) -> None:
         code, message = self._parse_error(reply)
@@ -299,18 +323,32 @@ class PsuDriver:
         """Set the voltage of channel ``ch``; returns the stamp of its acknowledgement."""
         self._check_limit(self._channel(ch), v, "voltage", "V")
         d = self.dialect
-        return self._setting(d.command(d.set_voltage, ch, v=v), d.command(d.query_voltage, ch),
-                             lambda r: abs(d.parse_float(r) - v) <= max(0.005, 0.001 * v))
+        _, ack = self._setting(d.command(d.set_voltage, ch, v=v), d.command(d.query_voltage, ch),
+                               lambda r: abs(d.parse_float(r) - v) <= max(0.005, 0.001 * v))
+        return ack.stamp
 
     def set_current(self, ch: int, a: float) -> Stamp:
         """Set the current limit of channel ``ch``; returns the stamp of its acknowledgement."""
         self._check_limit(self._channel(ch), a, "current", "A")
         d = self.dialect
-        return self._setting(d.command(d.set_current, ch, a=a), d.command(d.query_current, ch),
-                             lambda r: abs(d.parse_float(r) - a) <= max(0.0005, 0.001 * a))
+        _, ack = self._setting(d.command(d.set_current, ch, a=a), d.command(d.query_current, ch),
+                               lambda r: abs(d.parse_float(r) - a) <= max(0.0005, 0.001 * a))
+        return ack.stamp
 
     def output(self, ch: int, on: bool) -> Stamp:
-        """Switch the output; returns the stamp taken right after the acknowledging read."""
+        """Switch the output; returns the stamp of the acknowledging reply (kernel RX stamp on a
+        LAN instrument). :meth:`switch` says when the output switched, and how surely."""
+        _, ack = self._output(ch, on)
+        return ack.stamp
+
+    def switch(self, ch: int, on: bool) -> PowerEdge:
+        """Switch the output; the :class:`PowerEdge` from the command's write to its
+        acknowledgement, built under the driver's lock from this exchange alone."""
+        with self._lock:
+            sent, ack = self._output(ch, on)
+            return PowerEdge.acknowledged(sent.tx_ns, ack.stamp, ack.clock)
+
+    def _output(self, ch: int, on: bool) -> tuple[_Io, _Io]:
         d = self.dialect
         line = d.command(d.output, self._channel(ch), state=d.state(on))
         return self._setting(line, d.command(d.query_output, ch),

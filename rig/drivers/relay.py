@@ -3,8 +3,10 @@
 The board (a CH340 USB-serial chip, 9600 8N1) takes 4-byte frames ``A0 <channel> <0|1> <sum>``
 with ``sum = (0xA0 + channel + state) & 0xFF``, e.g. ``A0 01 01 A2`` closes relay 1, and never
 answers. So nothing can be acknowledged or queried: :meth:`RelayDriver.set` stamps the moment
-``flush()`` returned (the frame left the host), and :meth:`RelayDriver.commanded` reports what
-this driver last commanded, not a read-back. ``RelayConfig.address`` is unused by this protocol
+``flush()`` returned (the frame left the host), :meth:`RelayDriver.switch` brackets the write
+and the flush in a :class:`~rig.drivers.power_edge.PowerEdge` (the contact closes later still:
+the frame's time on the line plus the relay's operate time), and :meth:`RelayDriver.commanded`
+reports what this driver last commanded, not a read-back. ``RelayConfig.address`` is unused by this protocol
 (the boards have no address). Ports are pyserial URLs: device paths, ``socket://``,
 ``rfc2217://``, ``loop://``.
 """
@@ -13,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import serial
 
 from ..config import RelayConfig
-from ..core.clock import Stamp, now
+from ..core.clock import ClockSource, Stamp, now
 from ..core.errors import InstrumentError, TestError
 from ..timeline.events import Event, EventKind, Sink
+from .power_edge import PowerEdge
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,11 @@ class RelayDriver:
 
     def set(self, ch: int, on: bool) -> Stamp:
         """Switch relay ``ch``; returns the stamp taken right after ``flush()`` returned."""
+        return self.switch(ch, on).stamp
+
+    def switch(self, ch: int, on: bool) -> PowerEdge:
+        """Switch relay ``ch``; the :class:`PowerEdge` from right before the frame's write to
+        right after ``flush()`` returned (thread stamps; the stamp is the flush's)."""
         if isinstance(ch, bool) or not isinstance(ch, int) or not 1 <= ch <= self.cfg.channels:
             raise TestError(f"{self.name}: no relay {ch!r} (it has 1..{self.cfg.channels})")
         data = frame(ch, on)
@@ -107,6 +116,7 @@ class RelayDriver:
                 port = self._port
                 assert port is not None
                 try:
+                    tx_ns = time.monotonic_ns()
                     written = port.write(data)
                     if written is not None and written != len(data):
                         raise serial.SerialTimeoutException(f"wrote {written} of {len(data)} bytes")
@@ -126,7 +136,7 @@ class RelayDriver:
                 self._sink.record(Event.at(stamp, EventKind.RELAY_IO, self.name, channel=ch,
                                            on=bool(on), frame=data.hex()))
                 log.debug("%s: relay %d %s", self.name, ch, "on" if on else "off")
-                return stamp
+                return PowerEdge.acknowledged(tx_ns, stamp, ClockSource.THREAD)
         raise AssertionError("unreachable")
 
     def commanded(self, ch: int) -> bool | None:

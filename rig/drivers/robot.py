@@ -5,7 +5,12 @@ to the oldest outstanding line; lines are streamed with GRBL's character countin
 unacknowledged bytes fit its 127-byte RX buffer). ``ALARM:N`` fails everything outstanding and
 locks the driver until ``unlock()`` / ``home()``; garbage or a dropped connection fails it and
 the next call reconnects. Every wait is bounded (``cfg.timeout_s`` + the queued motion's time).
-Motion, card moves, recovery, the FIFO session lock: :mod:`rig.drivers.robot_moves`."""
+
+Card moves are planned as data by :mod:`rig.drivers.robot_moves` (steps, feed checks against
+$110-$112, per-step seconds); the driver streams a plan, waits for every ``ok``, records
+``ROBOT_MOVE`` (and ``CARD_PRESENTED`` for insert / swipe / tap) and returns the stamp of the
+plan's marked sync. Terminals sharing the robot take turns through :meth:`RobotDriver.session`
+(a FIFO lock)."""
 
 from __future__ import annotations
 
@@ -16,18 +21,19 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import serial
 
-from ..config import RobotConfig, RobotLayout
+from ..config import Point, RobotConfig, RobotLayout, Stations
 from ..core.clock import ClockSource, Stamp, WallToMono, now
 from ..core.errors import InstrumentError, RigError, TestError
 from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
 from ..timeline.events import Event, EventKind, Sink
-from .robot_moves import CardMoves, FairLock, RobotStatus, Vec
+from .robot_moves import Limits, MovePlans, Step, Vec, go_to, homing_s, plan
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,66 @@ ALARMS = {0: "locked after reset / power-up (homing or unlock required)", 1: "Ha
           6: "Homing fail (reset during homing)", 7: "Homing fail (safety door)",
           8: "Homing fail (pull-off)", 9: "Homing fail (switch not found)"}
 _INFO, _SETTING = re.compile(r"^(\[.*\]|\$N?\d+=.*|>.*)$"), re.compile(r"^\$(\d+)=([-\d.]+)", re.M)
+_STATUS = re.compile(r"<([A-Za-z]+(?::\d)?)\|(?:MPos|WPos):(-?[\d.]+),(-?[\d.]+),(-?[\d.]+)"
+                     r"(?:\|[^>]*?\bFS?:([\d.]+))?[^>]*>")
+
+
+@dataclass(frozen=True, slots=True)
+class RobotStatus:
+    """A ``?`` status report: state (Idle Run Hold:0 Hold:1 Jog Home Alarm...), MPos, rate."""
+
+    state: str
+    mpos: Vec
+    feed_mm_min: float = 0.0
+    raw: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> RobotStatus | None:
+        m = _STATUS.fullmatch(text)
+        if m is None:
+            return None
+        x, y, z = (float(v) for v in m.group(2, 3, 4))
+        return cls(m.group(1), (x, y, z), float(m.group(5) or 0.0), text)
+
+
+class FairLock:
+    """A FIFO lock: threads get the robot in the order they asked for it."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._queue: deque[object] = deque()
+        self.holder: str | None = None
+        self.holder_thread: int | None = None
+
+    def acquire(self, who: str, timeout_s: float | None) -> float:
+        """Wait for our turn; returns the seconds waited. TestError on a timeout or re-entry."""
+        t0 = time.monotonic()
+        me = object()
+        with self._cv:
+            if self.holder_thread == threading.get_ident():
+                raise TestError(f"robot session for {who!r}: this thread already holds the robot "
+                                f"(for {self.holder!r}); sessions do not nest")
+            self._queue.append(me)
+            while self._queue[0] is not me:
+                left = None if timeout_s is None else timeout_s - (time.monotonic() - t0)
+                if left is not None and left <= 0:
+                    self._queue.remove(me)
+                    self._cv.notify_all()
+                    raise TestError(f"robot session for {who!r}: still waiting after "
+                                    f"{timeout_s:g} s ({self.holder!r} holds the robot)")
+                self._cv.wait(left)
+            self.holder, self.holder_thread = who, threading.get_ident()
+        return time.monotonic() - t0
+
+    def release(self) -> None:
+        with self._cv:
+            self._queue.popleft()
+            self.holder = self.holder_thread = None
+            self._cv.notify_all()
+
+    def terminal(self) -> str | None:
+        """The session's terminal when the calling thread holds the robot."""
+        return self.holder if self.holder_thread == threading.get_ident() else None
 
 
 class SerialPort(Protocol):  # the part of a pyserial port the driver uses
@@ -71,7 +137,7 @@ class _Pending:
     finished = property(lambda self: self.stamp is not None or self.error is not None)
 
 
-class RobotDriver(CardMoves):
+class RobotDriver:
     """One GRBL card robot; thread-safe. ``opener`` replaces pyserial (tests)."""
 
     def __init__(self, name: str, cfg: RobotConfig, sink: Sink, layout: RobotLayout | None = None,
@@ -404,3 +470,129 @@ class RobotDriver(CardMoves):
                                    line="?", reply=st.raw, sent_mono_ns=sent.mono_ns))
         return st
 
+
+    # --- card moves ----------------------------------------------------------------------------
+    def _plans(self) -> MovePlans:
+        if self.layout is None:
+            raise TestError(f"{self.name}: card moves need a robot layout (cfg.robot)")
+        return MovePlans(self.layout, self.cfg.feed_mm_min, self.name)
+
+    def _present(self, mode: str, stamp: Stamp) -> Stamp:
+        self._sink.record(Event.at(stamp, EventKind.CARD_PRESENTED, self.name,
+                                   self._fair.terminal(), mode=mode))
+        return stamp
+
+    def pick(self, slot: int) -> Stamp:
+        """Take the card out of magazine ``slot`` (down, grip, settle, up)."""
+        return self._run("pick", self._plans().pick(slot), slot=slot)
+
+    def return_card(self, slot: int) -> Stamp:
+        """Put the held card back into ``slot`` (down, release, settle, up)."""
+        return self._run("return", self._plans().return_card(slot), slot=slot)
+
+    def insert(self, st: Stations) -> Stamp:
+        """Insert the card into the chip slot; the stamp of its arrival."""
+        return self._present("chip", self._run("insert", self._plans().insert(st)))
+
+    def withdraw(self, st: Stations) -> Stamp:
+        """Pull the card back up to safe_z."""
+        return self._run("withdraw", self._plans().withdraw(st))
+
+    def swipe(self, st: Stations, speed_mm_s: float | None = None) -> Stamp:
+        """Swipe from swipe_start to swipe_end at ``speed_mm_s``; the stamp of the swipe's end."""
+        plans = self._plans()
+        speed = plans.layout.swipe_speed_mm_s if speed_mm_s is None else speed_mm_s
+        stamp = self._run("swipe", plans.swipe(st, speed), speed_mm_s=speed)
+        return self._present("swipe", stamp)
+
+    def tap(self, st: Stations, dwell_ms: float | None = None) -> Stamp:
+        """Lay the card on the NFC zone for ``dwell_ms``; the stamp of its arrival there."""
+        plans = self._plans()
+        dwell_ms = plans.layout.tap_dwell_ms if dwell_ms is None else dwell_ms
+        return self._present("tap", self._run("tap", plans.tap(st, dwell_ms), dwell_ms=dwell_ms))
+
+    def park(self) -> Stamp:
+        """Go to the park position (at safe_z first)."""
+        return self._run("park", self._plans().park())
+
+    def move_to(self, p: Point, feed_mm_min: float | None = None, rapid: bool = False) -> Stamp:
+        """Straight to ``p`` (G1 at ``feed_mm_min`` or the travel feed; G0 if ``rapid``)."""
+        steps = go_to(p, feed_mm_min or self.cfg.feed_mm_min, rapid)
+        return self._run("move_to", steps, x=p.x, y=p.y, z=p.z)
+
+    def sync(self) -> Stamp:
+        """``G4 P0``: the stamp of its ``ok``, which comes when all motion is complete."""
+        return self._run("sync", [Step("G4 P0", mark=True)])
+
+    def _run(self, move: str, steps: list[Step], **data: object) -> Stamp:
+        """Plan ``steps`` from where the queued motion ends (LimitError before anything is
+        sent), stream them, wait for all; record ROBOT_MOVE; the marked step's stamp."""
+        with self._moves:
+            self._ensure()
+            t0 = now()
+            start = self._plan_pos if self._plan_pos is not None else self.status().mpos
+            pl = plan(steps, start, Limits.from_settings(self.settings, self.cfg.feed_mm_min),
+                      self.name)
+            self._plan_pos = pl.end
+            try:
+                sent = [self._send(s.line, secs) for s, secs in zip(pl.steps, pl.seconds,
+                                                                     strict=True)]
+                done = [self._wait(p) for p in sent]
+            except RigError:
+                self._plan_pos = None
+                raise
+            end, mark = done[-1].stamp, done[pl.mark].stamp
+            assert end is not None and mark is not None
+            self._sink.record(Event.at(end, EventKind.ROBOT_MOVE, self.name, self._fair.terminal(),
+                                       move=move, duration_s=(end.mono_ns - t0.mono_ns) / 1e9,
+                                       planned_s=round(pl.motion_s, 6), **data))
+            return mark
+
+    @contextmanager
+    def session(self, terminal: str, timeout_s: float | None = None) -> Iterator[float]:
+        """Hold the robot for ``terminal`` (FIFO among waiters); yields the seconds waited."""
+        waited = self._fair.acquire(terminal, timeout_s)
+        self._sink.record(Event.now(EventKind.ROBOT_WAIT, self.name, terminal, waited_s=waited))
+        try:
+            yield waited
+        finally:
+            self._fair.release()
+
+    # --- recovery ------------------------------------------------------------------------------
+    def reset(self) -> RobotStatus:
+        """Soft reset (0x18): stops at once (ALARM:3 if it was moving); waits for the banner."""
+        with self._moves:
+            self._ensure(motion=False)
+            with self._cv:
+                self._expect_banner, banners = True, self._banners
+                self._write(b"\x18")
+                if not self._cv.wait_for(lambda: self._banners > banners, self.cfg.timeout_s):
+                    raise InstrumentError(f"{self.who}: no banner within {self.cfg.timeout_s} s "
+                                          f"after a soft reset")
+            st = self.status()
+            if st.state != "Alarm" and self._alarm is None:
+                self.command("G21 G90")
+            return st
+
+    def unlock(self) -> None:
+        """``$X``: clear the alarm lock (after a reset when the alarm was a limit)."""
+        with self._moves:
+            self._ensure(motion=False)
+            if self._critical:
+                self.reset()
+            self._wait(self._send("$X"))
+            self._alarm = None
+            self.command("G21 G90")
+
+    def home(self) -> Stamp:
+        """``$H``: home to (0, 0, 0); clears an alarm. The stamp of its ``ok``."""
+        with self._moves:
+            self._ensure(motion=False)
+            if self._critical:
+                self.reset()
+            seconds = homing_s(self.status().mpos, self.settings, self.cfg.feed_mm_min)
+            p = self._wait(self._send("$H", seconds))
+            self._alarm, self._plan_pos = None, (0.0, 0.0, 0.0)
+            self.command("G21 G90")
+            assert p.stamp is not None
+            return p.stamp

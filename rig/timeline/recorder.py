@@ -1,7 +1,7 @@
 """The recorder: a thread that batches events into the store.
 
-``record()`` is cheap and thread-safe (it tags the event with its terminal's current cycle and
-queues it); listeners see every event at once, in the recording thread. A writer thread commits
+``record()`` is cheap and thread-safe (it tags the event with its terminal's current run and
+cycle and queues it); listeners see every event at once, in the recording thread. A writer thread commits
 at least every ``commit_interval_s`` (200 ms) and whenever :meth:`flush` is called (every cycle
 boundary), so a crash loses at most the last fraction of a second of events — and never a
 cycle's end marker, which is written after its events are committed.
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..core.errors import InfrastructureError
 from .events import Event
 from .store import Store, event_row
 
@@ -28,10 +29,10 @@ class Recorder:
         self.store = store
         self.run_id = run_id
         self._interval = commit_interval_s
-        self._q: queue.SimpleQueue[tuple[Event, int | None] | threading.Event | None] = (
+        self._q: queue.SimpleQueue[tuple[Event, int, int | None] | threading.Event | None] = (
             queue.SimpleQueue()
         )
-        self._cycles: dict[str, int] = {}
+        self._routes: dict[str, tuple[int, int | None]] = {}  # terminal -> (run, cycle)
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -41,8 +42,9 @@ class Recorder:
 
     # --- producer side ------------------------------------------------------------------------
     def record(self, event: Event) -> None:
-        cycle = self._cycles.get(event.terminal) if event.terminal else None
-        self._q.put((event, cycle))
+        run, cycle = (self._routes.get(event.terminal, (self.run_id, None)) if event.terminal
+                      else (self.run_id, None))
+        self._q.put((event, run, cycle))
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -58,12 +60,25 @@ class Recorder:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def set_cycle(self, terminal: str, cycle_id: int | None) -> None:
-        """Events of ``terminal`` recorded from now on belong to ``cycle_id``."""
-        if cycle_id is None:
-            self._cycles.pop(terminal, None)
+    def set_cycle(self, terminal: str, cycle_id: int | None, run_id: int | None = None) -> None:
+        """Events of ``terminal`` recorded from now on belong to ``cycle_id`` of ``run_id``
+        (the recorder's own run when None); ``cycle_id=None`` and ``run_id=None`` route them
+        back to the recorder's own run."""
+        run = self.run_id if run_id is None else run_id
+        if cycle_id is None and run == self.run_id:
+            self._routes.pop(terminal, None)
         else:
-            self._cycles[terminal] = cycle_id
+            self._routes[terminal] = (run, cycle_id)
+
+    def route(self, terminal: str) -> tuple[int, int | None]:
+        """(run, cycle) that ``terminal``'s events go to now."""
+        return self._routes.get(terminal, (self.run_id, None))
+
+    def check(self) -> None:
+        """Raise if the writer could not store events (a full disk, a locked file...)."""
+        if self.error is not None:
+            raise InfrastructureError(f"the recorder could not write to {self.store.path}: "
+                                      f"{self.error}; events since then may be lost")
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Block until everything recorded so far is committed."""
@@ -95,7 +110,7 @@ class Recorder:
                 item = False  # commit deadline reached
             stop = item is None
             if isinstance(item, tuple):
-                batch.append(event_row(self.run_id, item[1], item[0]))
+                batch.append(event_row(item[1], item[2], item[0]))
                 if due is None:
                     due = time.monotonic() + self._interval
             elif isinstance(item, threading.Event):

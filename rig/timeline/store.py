@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     label TEXT, lab TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
-    state TEXT NOT NULL,                       -- running, completed, interrupted, failed, crashed
+    state TEXT NOT NULL,                       -- running, completed, interrupted, failed
     started_wall_ns INTEGER NOT NULL, started_mono_ns INTEGER NOT NULL,
     ended_wall_ns INTEGER, ended_mono_ns INTEGER,
     config_json TEXT NOT NULL,                 -- resolved lab config, secrets masked
@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS sales (
     terminal TEXT NOT NULL, card TEXT NOT NULL, entry TEXT NOT NULL, txn TEXT NOT NULL,
     amount_minor INTEGER, outcome TEXT NOT NULL, rc TEXT, stan TEXT, auth_code TEXT, rrn TEXT,
     pan_masked TEXT, result_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY,
+    terminal TEXT NOT NULL, holder TEXT NOT NULL, run_id INTEGER, note TEXT,
+    since_wall_ns INTEGER NOT NULL, released_wall_ns INTEGER, released_why TEXT
 );
 CREATE INDEX IF NOT EXISTS events_cycle ON events(cycle_id);
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, mono_ns);
@@ -113,18 +118,19 @@ class Store:
                 self._in_tx = False
 
     def recover(self) -> list[int]:
-        """Mark runs left 'running' by a dead process on this host as crashed, and their open
-        cycles as aborted. Returns the ids of the runs marked."""
+        """Mark runs left 'running' by a dead process on this host as interrupted, and their
+        open cycles as aborted (their events stay). Returns the ids of the runs marked."""
         host = socket.gethostname()
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, pid FROM runs WHERE state='running' AND host=?", (host,)
+                "SELECT id, pid, clock_json FROM runs WHERE state='running' AND host=?", (host,)
             ).fetchall()
-            dead = [rid for rid, pid in rows if not pid_alive(pid)]
+            dead = [rid for rid, pid, clock in rows
+                    if not pid_alive(pid, json.loads(clock or "{}").get("proc_start"))]
             if dead:
                 self._begin()
                 for rid in dead:
-                    self._db.execute("UPDATE runs SET state='crashed' WHERE id=?", (rid,))
+                    self._db.execute("UPDATE runs SET state='interrupted' WHERE id=?", (rid,))
                     self._db.execute(
                         "UPDATE cycles SET state='aborted', result_json=? "
                         "WHERE run_id=? AND state='started'",
@@ -142,7 +148,7 @@ class Store:
                 "INSERT INTO runs (label, lab, host, pid, state, started_wall_ns, started_mono_ns,"
                 " config_json, clock_json) VALUES (?,?,?,?,?,?,?,?,?)",
                 (label, lab, socket.gethostname(), os.getpid(), "running", st.wall_ns, st.mono_ns,
-                 _json(config), _json(clock)),
+                 _json(config), _json({**clock, "proc_start": proc_start(os.getpid())})),
             )
             self.commit()
             return int(cur.lastrowid)
@@ -208,6 +214,33 @@ class Store:
                 rows,
             )
 
+    # --- leases ----------------------------------------------------------------------------
+    def add_lease(self, terminal: str, holder: str, run_id: int | None, note: str | None) -> int:
+        with self._lock:
+            self._begin()
+            cur = self._db.execute(
+                "INSERT INTO leases (terminal, holder, run_id, note, since_wall_ns) "
+                "VALUES (?,?,?,?,?)", (terminal, holder, run_id, note, now().wall_ns))
+            self.commit()
+            return int(cur.lastrowid)
+
+    def end_lease(self, lease_id: int, why: str) -> None:
+        with self._lock:
+            self._begin()
+            self._db.execute("UPDATE leases SET released_wall_ns=?, released_why=? "
+                             "WHERE id=? AND released_wall_ns IS NULL",
+                             (now().wall_ns, why, lease_id))
+            self.commit()
+
+    def end_stale_leases(self, why: str) -> int:
+        """Release every lease still open (a service starting: its clients are gone)."""
+        with self._lock:
+            self._begin()
+            cur = self._db.execute("UPDATE leases SET released_wall_ns=?, released_why=? "
+                                   "WHERE released_wall_ns IS NULL", (now().wall_ns, why))
+            self.commit()
+            return cur.rowcount
+
     def close(self) -> None:
         with self._lock:
             self.commit()
@@ -223,9 +256,23 @@ class Store:
                 self._db.row_factory = None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host (a zombie does not; a PID reused since is a
-    known limit)."""
+def proc_start(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): with the
+    PID it names one process, so a PID reused later is not mistaken for it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie does not); with ``started`` (its
+    :func:`proc_start`), also that it is the same process, not a later one given its PID."""
+    if started is not None:
+        now_start = proc_start(pid)
+        if now_start is not None and now_start != started:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -10,8 +11,10 @@ from dataclasses import replace
 import pytest
 
 from rig.config import PsuConfig
-from rig.core.clock import Stamp
+from rig.core.clock import ClockSource, Stamp
 from rig.core.errors import InstrumentError, LimitError, TestError
+from rig.core.netstamp import RxStamp
+from rig.drivers.power_edge import PowerEdge
 from rig.drivers.psu import PsuDriver
 from rig.drivers.psu_dialects import DIALECTS, GENERIC
 from rig.timeline.events import EventKind, ListSink
@@ -77,16 +80,35 @@ def check(dialect: str) -> Exchange:
     return ("SYST:ERR?", NO_ERROR[dialect])
 
 
+class KernelStamps:
+    """Stands in for the kernel-stamping socket: the reply to a line containing ``ack`` (the
+    acknowledgement) gets a ``kernel`` stamp, every other reply none (a thread stamp)."""
+
+    def __init__(self, fake, ack: str) -> None:
+        self.fake, self.ack = fake, ack
+        self.given: list[RxStamp] = []
+
+    def take(self) -> RxStamp | None:
+        if self.ack not in self.fake._last:
+            return None
+        mono = time.monotonic_ns() - 1_000  # the segment arrived a little before the read returned
+        self.given.append(RxStamp(mono, time.time_ns() - 1_000, ClockSource.KERNEL, 1_000))
+        return self.given[-1]
+
+
 @contextmanager
 def psu(dialect: str, exchanges: Sequence[Exchange], *, limits=LIMITS, sink=None,
-        timeout_s: float = 2.0, override=None) -> Iterator[PsuDriver]:
-    """An open PsuDriver on a scripted resource; open() identifies and drains the error queue."""
+        timeout_s: float = 2.0, override=None, kernel: str | None = None) -> Iterator[PsuDriver]:
+    """An open PsuDriver on a scripted resource; open() identifies and drains the error queue.
+    ``kernel``: replies to lines containing it get kernel stamps (:class:`KernelStamps`)."""
     cfg = PsuConfig(resource=RESOURCE, dialect=dialect, channels=3, timeout_s=timeout_s)
     preamble = [("*IDN?", IDN[dialect]), check(dialect)]
 
     def factory(opener):
-        return PsuDriver("psu1", cfg, sink or ListSink(), limits, opener=opener,
-                         dialect=override).open()
+        d = PsuDriver("psu1", cfg, sink or ListSink(), limits, opener=opener, dialect=override)
+        if kernel is not None:
+            d._stamper = KernelStamps(opener.__self__, kernel)  # type: ignore[assignment]
+        return d.open()
 
     with expected_protocol(factory, [*preamble, *exchanges]) as driver:
         yield driver
@@ -114,6 +136,68 @@ def test_output_on_returns_stamp_of_the_acknowledgement(dialect):
     sent = [cmd for cmd, _ in WIRE[dialect]["on"]] + ["SYST:ERR?"]
     assert [e.data["cmd"] for e in io[-len(sent):]] == sent
     assert all(e.source == "psu1" for e in io)
+
+
+ACK_LINE = {"generic": "*OPC?", "keysight_e36300": "*OPC?", "rigol_dp800": "*OPC?",
+            "siglent_spd3303": "SYST:STAT?"}  # the line whose reply acknowledges OUTP
+
+
+@pytest.mark.parametrize("dialect", ALL)
+@pytest.mark.parametrize("on", [True, False])
+def test_switch_brackets_the_edge_from_command_write_to_acknowledgement(dialect, on):
+    sink = ListSink()
+    wire = [*WIRE[dialect]["on" if on else "off"], check(dialect)]
+    with psu(dialect, wire, sink=sink) as d:
+        before = time.monotonic_ns()
+        edge = d.switch(1, on)
+    assert isinstance(edge, PowerEdge)
+    io = [e for e in sink.events if e.kind is EventKind.PSU_IO][-len(wire):]
+    ack = next(e for e in io if ACK_LINE[dialect] in e.data["cmd"])
+    assert before <= edge.tx_ns <= io[0].mono_ns  # before the OUTP line's write (its stamp)
+    assert edge.tx_ns <= edge.stamp.mono_ns == edge.ack_ns  # reported: the acknowledgement
+    assert (edge.stamp.mono_ns, edge.stamp.wall_ns) == (ack.mono_ns, ack.wall_ns)
+    assert edge.bracket_ns == edge.ack_ns - edge.tx_ns >= 0
+    assert edge.clock is ClockSource.THREAD is ack.clock  # a fake resource has no kernel stamps
+
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_switch_reports_the_acknowledgements_kernel_stamp_not_the_last_replys_clock(dialect):
+    with psu(dialect, [*WIRE[dialect]["on"], check(dialect)], kernel=ACK_LINE[dialect]) as d:
+        edge = d.switch(1, True)
+        given = d._stamper.given[-1]  # type: ignore[union-attr]
+        assert d.last_clock is ClockSource.THREAD  # SYST:ERR? came last, thread-stamped
+    assert edge.clock is ClockSource.KERNEL
+    assert (edge.stamp.mono_ns, edge.stamp.wall_ns) == (given.mono_ns, given.wall_ns)
+    assert edge.tx_ns <= edge.stamp.mono_ns == edge.ack_ns and edge.bracket_ns >= 0
+
+
+def test_switch_after_a_reconnect_brackets_the_replayed_command():
+    wire = [("INST:NSEL 1;:OUTP ON;*OPC?", timeout_error()), ("SYST:ERR?", '0,"No error"'),
+            REOPEN, ("INST:NSEL 1;:OUTP ON;*OPC?", "1"), check("generic")]
+    sink = ListSink()
+    with psu("generic", wire, sink=sink) as d:
+        edge = d.switch(1, True)
+    failed = next(e for e in sink.events if "error" in e.data)
+    assert failed.mono_ns < edge.tx_ns <= edge.ack_ns
+
+
+def test_concurrent_switches_each_get_their_own_edge():
+    fake = _Strict()
+    d = PsuDriver("psu1", PsuConfig(resource=RESOURCE), ListSink(), opener=lambda: fake).open()
+    edges: dict[int, list[PowerEdge]] = {1: [], 2: []}
+
+    def work(ch: int) -> None:
+        for i in range(50):
+            edges[ch].append(d.switch(ch, i % 2 == 0))
+
+    threads = [threading.Thread(target=work, args=(ch,)) for ch in edges]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans = sorted((e.tx_ns, e.ack_ns) for es in edges.values() for e in es)
+    assert len(spans) == 100
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # never overlap
 
 
 @pytest.mark.parametrize("dialect", ALL)

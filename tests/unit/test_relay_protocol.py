@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import serial
 
 from rig.config import RelayConfig
-from rig.core.clock import Stamp
+from rig.core.clock import ClockSource, Stamp
 from rig.core.errors import InstrumentError, TestError
+from rig.drivers.power_edge import PowerEdge
 from rig.drivers.relay import RelayDriver, frame
 from rig.timeline.events import EventKind, ListSink
 
@@ -36,6 +39,50 @@ def test_set_over_loop_writes_the_frame_and_records_the_stamp():
     assert relay.commanded(1) is True and relay.commanded(3) is False
     assert relay.commanded(2) is None  # never commanded; the board cannot be asked
     relay.close()
+
+
+class _Recording:
+    """A port that notes when each write began and each flush returned (monotonic ns)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int]] = []
+
+    def write(self, data: bytes) -> int:
+        self.log.append(("write", time.monotonic_ns()))
+        return len(data)
+
+    def flush(self) -> None:
+        self.log.append(("flushed", time.monotonic_ns()))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_switch_brackets_write_to_flush_and_reports_the_flush(on):
+    port = _Recording()
+    sink = ListSink()
+    relay = RelayDriver("relay1", RelayConfig(port="/dev/ttyUSB0", channels=4), sink,
+                        opener=lambda: port).open()
+    edge = relay.switch(2, on)
+    assert isinstance(edge, PowerEdge)
+    (_, wrote), (_, flushed) = port.log
+    assert edge.tx_ns <= wrote <= flushed <= edge.ack_ns == edge.stamp.mono_ns
+    assert edge.bracket_ns == edge.ack_ns - edge.tx_ns >= 0
+    assert edge.clock is ClockSource.THREAD  # the board never answers; nothing to kernel-stamp
+    (event,) = [e for e in sink.events if e.kind is EventKind.RELAY_IO]
+    assert (event.mono_ns, event.wall_ns) == (edge.stamp.mono_ns, edge.stamp.wall_ns)
+    assert (event.data["channel"], event.data["on"]) == (2, on) and relay.commanded(2) is on
+
+
+def test_switch_after_a_failed_write_brackets_the_retry():
+    sink = ListSink()
+    ports = iter([_FailingPort(fail=1), port := _FailingPort(fail=0)])
+    relay = RelayDriver("relay1", RelayConfig(port="/dev/ttyUSB0"), sink, opener=lambda: next(ports))
+    edge = relay.switch(1, True)
+    failed = next(e for e in sink.events if "error" in e.data)
+    assert failed.mono_ns < edge.tx_ns <= edge.ack_ns
+    assert port.written == [bytes.fromhex("a00101a2")]
 
 
 def test_default_opener_uses_the_url():

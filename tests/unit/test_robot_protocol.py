@@ -3,6 +3,7 @@ write made, nothing left unread (the pyserial counterpart of tests/protocol.py).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -16,8 +17,8 @@ import serial
 from rig.config import Point, RobotConfig, load_lab
 from rig.core.clock import Stamp
 from rig.core.errors import InstrumentError, LimitError, TestError
-from rig.drivers.robot import RobotDriver
-from rig.drivers.robot_moves import FairLock, Step, line_to, sync
+from rig.drivers.robot import FairLock, RobotDriver
+from rig.drivers.robot_moves import Limits, MovePlans, Step, line_to, plan, sync
 from rig.timeline.events import EventKind, ListSink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,6 +280,27 @@ def test_speed_limit_is_refused_before_anything_is_sent():
         with pytest.raises(TestError, match="no magazine slot 99"):
             robot.pick(99)
         robot.layout = None  # close() would park; this test sends nothing more
+
+
+def test_moves_are_planned_as_data_checked_and_timed_without_a_driver():
+    layout = load_lab(ROOT / "configs/labs/virtual.yaml").robot
+    assert layout is not None
+    steps = MovePlans(layout, 12000, "robot1").swipe(stations(), speed_mm_s=100)
+    limits = Limits.from_settings({110: 30000, 111: 30000, 112: 30000, 120: 1000}, 12000)
+    p = plan(steps, (0.0, 0.0, 0.0), limits, "robot1")
+    assert [s.line for s in p.steps] == ["G1 Z0 F12000", "G1 X160 Y150 F12000", "G1 Z-10 F12000",
+                                         "G1 X240 Y150 Z-10 F6000", "G4 P0", "G1 Z0 F12000",
+                                         "G4 P0"]
+    assert p.mark == 4 and p.end == (240.0, 150.0, 0.0)  # the sync right after the swipe
+    travel = (math.hypot(160, 150) + 10 + 10) / 200.0  # mm / (mm/s) at 12000 mm/min
+    assert p.motion_s == pytest.approx(travel + 80 / 100.0)
+    assert p.seconds[3] == pytest.approx(80 / 100.0 + 100 / 1000)  # + rate / acceleration
+    slow = Limits.from_settings({110: 3000, 111: 3000, 112: 3000}, 12000)
+    with pytest.raises(LimitError, match=r"robot1: 'G1 X160 Y150 F12000': feed 12000 mm/min is "
+                                         r"outside 0..4116.\d+ mm/min"):
+        plan(steps, (0.0, 0.0, 0.0), slow, "robot1")
+    with pytest.raises(LimitError, match="robot1: tap dwell -1 ms is not valid"):
+        MovePlans(layout, 12000, "robot1").tap(stations(), dwell_ms=-1)
 
 
 def test_card_moves_send_the_documented_lines():

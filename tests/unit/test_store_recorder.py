@@ -106,4 +106,4 @@ def test_kill9_leaves_completed_cycles_and_marks_the_open_one(tmp_path):
     assert s.recover() == [1]
     rows = [tuple(r) for r in s.query("SELECT n, state FROM cycles ORDER BY n")]
     assert rows == [(1, "completed"), (2, "aborted")]
-    assert s.query("SELECT state FROM runs")[0][0] == "crashed"
+    assert s.query("SELECT state FROM runs")[0][0] == "interrupted"

@@ -1,0 +1,5 @@
+"""``python -m rig``: the ``rig`` command."""
+
+from .cli import main
+
+main()
