@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rig import netns  # noqa: E402
+from rig.core import netns  # noqa: E402
 from rig.faults.kernel import KernelFaults, Match, probe  # noqa: E402
 
 

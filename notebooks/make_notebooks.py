@@ -202,7 +202,7 @@ import matplotlib.pyplot as plt
 
 with rig.fault("T3", HostReply(rc="96", applies_to="signon", during="signon", for_s=0.6)):
     cycle = rig.power_cycle("T3"); s = rig.wait_signon("T3")
-rig.recorder.flush()
+rig.flush()
 run = load_run(rig.store.path, rig.run_id)
 ev = run.events[run.events["cycle_id"] == cycle].copy()
 t0 = ev.loc[ev["kind"] == "power_on", "mono_ns"].min()

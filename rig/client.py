@@ -361,9 +361,19 @@ class Rig:
         return f"<Rig lab={self.cfg.name!r} run={self.run_id} service={self.url}>"
 
 
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two config dumps differ (dotted paths), for a clear mismatch error."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if a == b else [path]
+
+
 def connect(config: str | Path | LabConfig | None = None, *,
             results: str | Path | None = None, start_lab: bool | None = None,
-            spawn_if_missing: bool = True) -> tuple[dict[str, Any], Path | None]:
+            spawn_if_missing: bool = True) -> tuple[dict[str, Any], Path | None, LabConfig]:
     """The lab's service info (pid, url, token), starting a detached service if none runs."""
     from .control.bench import results_dir
 
@@ -376,7 +386,7 @@ def connect(config: str | Path | LabConfig | None = None, *,
     paths = Paths(res, cfg.name)
     info = read_info(paths)
     if info is not None:
-        return info, path
+        return info, path, cfg
     if not spawn_if_missing:
         raise ServiceError(f"no rig service runs for lab {cfg.name} (results {res}); start "
                            f"one with `rig serve {path or '<config>'}`")
@@ -393,7 +403,7 @@ def connect(config: str | Path | LabConfig | None = None, *,
     assert path is not None
     proc = spawn(path, res, idle_s=idle, start_lab=start_lab, delete_config=temp)
     try:
-        return wait_ready(paths, proc), path
+        return wait_ready(paths, proc), path, cfg
     except BaseException:
         if proc.poll() is None and not read_info(paths):
             proc.kill()
@@ -405,6 +415,14 @@ def open_rig(config: str | Path | LabConfig | None = None, *, label: str | None 
              note: str | None = None, kind: str = "notebook") -> Rig:
     """Open a lab: ``open_rig("configs/labs/virtual.yaml")``. Connects to the lab's rig
     service on this host, starting one (detached; it starts the virtual lab) if none runs."""
-    info, path = connect(config, results=results, start_lab=start_lab)
-    return Rig(info["url"], token=info.get("token"), label=label, kind=kind, note=note,
-               config_path=path)
+    info, path, cfg = connect(config, results=results, start_lab=start_lab)
+    rig = Rig(info["url"], token=info.get("token"), label=label, kind=kind, note=note,
+              config_path=path)
+    diff = _differences(cfg.model_dump(mode="json"), rig.cfg.model_dump(mode="json"))
+    if diff:
+        rig.close()
+        raise ServiceError(
+            f"the rig service for lab {cfg.name} (pid {info['pid']}) runs with a different "
+            f"config ({', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''} differ); stop it "
+            f"with `rig serve stop --config {path}` or use another results directory")
+    return rig

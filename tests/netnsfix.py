@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rig import netns
+from rig.core import netns
 
 PREFIX = "rigt"
 REASON = "needs root (CAP_NET_ADMIN) and nftables; run as root or in CI"

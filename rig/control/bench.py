@@ -326,6 +326,14 @@ class LocalRig(Session):
     def swept(self) -> list[Any]:
         return self.bench.swept
 
+    @property
+    def host(self) -> AcquirerHost:
+        return self.bench.host
+
+    @property
+    def proxies(self) -> dict[str, Any]:
+        return self.bench.proxies
+
     def close(self, state: str = "completed") -> None:
         if self._closed:
             return

@@ -69,3 +69,29 @@ def host(cfg: LabConfig, sink: ListSink) -> Iterator[AcquirerHost]:
     """An acquirer host for the module's ``cfg`` on a free loopback port."""
     with AcquirerHost(cfg, sink, listen="127.0.0.1:0") as h:
         yield h
+
+
+@pytest.fixture(autouse=True)
+def _short_lived_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service a test starts (through open_rig or the CLI) exits soon after its last client."""
+    monkeypatch.setenv("RIG_SERVICE_IDLE_S", "8")
+
+
+@pytest.fixture
+def service_stop() -> Iterator[list[tuple[Path, str]]]:
+    """Register (results dir, lab name); the services found there are stopped at the end."""
+    started: list[tuple[Path, str]] = []
+    yield started
+    import signal as _signal
+
+    from rig.service.runtime import Paths, read_info
+    from rig.timeline.store import pid_alive
+
+    for results, lab in started:
+        info = read_info(Paths(Path(results).resolve(), lab))
+        if info is None:
+            continue
+        os.kill(int(info["pid"]), _signal.SIGTERM)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and pid_alive(int(info["pid"])):
+            time.sleep(0.1)

@@ -26,9 +26,9 @@ DRIVER = textwrap.dedent('''
     assert "ready" in labp.stdout.readline()
     holder = subprocess.Popen([sys.executable, "-c", """
     import sys, time
-    from rig import open_rig
+    from rig import open_local
     from rig.faults import Brownout, Loss
-    rig = open_rig(sys.argv[1], results=sys.argv[2])
+    rig = open_local(sys.argv[1], results=sys.argv[2])
     rig.power_cycle("T1"); rig.wait_signon("T1")
     with rig.fault("T1", Brownout(volts=6.0, ms=600000)), rig.fault("T1", Loss(percent=50)):
         print("held", flush=True)
@@ -40,8 +40,8 @@ DRIVER = textwrap.dedent('''
         return [line.split()[-1] for line in out.splitlines() if " rig_" in line]
     before = tables()
     holder.send_signal(signal.SIGKILL); holder.wait()
-    from rig import open_rig
-    with open_rig(lab, results=results) as rig:
+    from rig import open_local
+    with open_local(lab, results=results) as rig:
         swept = list(rig.swept)
         volts = rig.psus["psu1"].voltage_setpoint(1)
         rig.recorder.flush()
@@ -55,7 +55,7 @@ DRIVER = textwrap.dedent('''
 
 def test_sigkill_leftovers_are_swept_and_recorded(tmp_path):
     require_netadmin()
-    from rig import netns
+    from rig.core import netns
 
     name = f"rigk{__import__('os').getpid()}"
     netns.create(name)

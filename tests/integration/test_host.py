@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from rig import netstamp as host_timestamps
+from rig.core import netstamp as host_timestamps
 from rig.core.clock import ClockSource
 from rig.host import AcquirerHost
 from rig.iso8583 import frame

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rig import netns
+from rig.core import netns
 from rig.core.errors import InfrastructureError, TestError
 from rig.faults.kernel import (
     QDISC_MAJOR,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from rig import open_rig
+from rig import open_local
 from rig.faults import HostDown, HostNoResponse, Latency, PowerDropout
 from rig.faults.ledger import Ledger
 from rig.timeline.events import EventKind
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def rig(tmp_path):
     cfg = virtual_config(tmp_path, proxies=True, time_scale=0.3)
-    with open_rig(cfg, results=tmp_path) as r:
+    with open_local(cfg, results=tmp_path) as r:
         yield r
 
 
@@ -80,7 +82,7 @@ def test_power_dropout_resets_the_terminal_and_is_recorded(rig, tmp_path):
     with rig.fault("T1", PowerDropout(ms=300)):
         held = ledger.entries()
         assert [e["fault"] for e in held] == ["power_dropout"] and held[0]["alive"]
-        rig._stop.wait(1.0)
+        time.sleep(1.0)
     assert ledger.entries() == []
     off = [e for e in _events(rig, "fault_off") if e[1] == "T1"][-1]
     assert off[3]["reason"] == "transient over" and 0.25 < off[3]["held_s"] < 1.0
@@ -92,7 +94,7 @@ def test_power_dropout_resets_the_terminal_and_is_recorded(rig, tmp_path):
 
 def test_fault_without_proxy_is_refused_before_anything_changes(tmp_path):
     cfg = virtual_config(tmp_path, time_scale=0.3)  # terminals dial the host directly
-    with open_rig(cfg, results=tmp_path) as rig:
+    with open_local(cfg, results=tmp_path) as rig:
         from rig.core.errors import TestError
         with pytest.raises(TestError, match="host_path"), rig.fault("T1", Latency(ms=5)):
             pass

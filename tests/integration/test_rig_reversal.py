@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rig import open_rig
+from rig import open_local
 from rig.config import HostOverride
 from rig.timeline.events import EventKind
 from tests.labcfg import virtual_config, write_config
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_timeout_then_reversal_then_a0_resignon(tmp_path):
     cfg = virtual_config(tmp_path, time_scale=0.1, auth_timeout_ms=400)
     path = write_config(cfg, tmp_path / "lab.yaml")
-    with open_rig(path, results=tmp_path / "r") as rig:
+    with open_local(path, results=tmp_path / "r") as rig:
         rig.ensure_ready("T1")
         rig.host.rules.set_delay_ms("T1", 1500)  # longer than the terminal waits
         r = rig.sale("T1", amount="3.00", card="cup_debit", entry="chip")
@@ -26,7 +26,7 @@ def test_timeout_then_reversal_then_a0_resignon(tmp_path):
         rig.host.rules.set_delay_ms("T1", None)
         r2 = rig.sale("T1", amount="1.00", card="cup_debit", entry="chip")
         assert r2.approved
-        events = list(rig._tracks["T1"].events)  # the second sale's cycle
+        events = rig.cycle("T1").snapshot()  # the second sale's cycle
         kinds = [e.kind for e in events if e.kind in (EventKind.REVERSAL_REQ, EventKind.AUTH_REQ)]
         assert kinds[:2] == [EventKind.REVERSAL_REQ, EventKind.AUTH_REQ]  # reversal goes first
         # a forced A0: the terminal declines and signs on again by itself

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from rig import open_rig
+from rig import open_local
 from rig.core.errors import InstrumentError
 from tests.labcfg import free_port, virtual_config, write_config
 
@@ -68,7 +68,7 @@ def test_robot_garbage_mid_sale(tmp_path):
     cfg = cfg.model_copy(update={"instruments": {**cfg.instruments, "robot1": robot}})
     path = write_config(cfg, tmp_path / "lab.yaml")
     try:
-        with open_rig(path, results=tmp_path / "r") as rig:
+        with open_local(path, results=tmp_path / "r") as rig:
             rig.ensure_ready("T1")
             with pytest.raises(InstrumentError, match=r"robot1 \(socket://127\.0\.0\.1:\d+\)"):
                 rig.sale("T1", amount="1.00", card="cup_debit", entry="chip")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rig import load_run, open_rig
+from rig import load_run, open_local
 from rig.cards.profiles import load_cards
 from tests.labcfg import virtual_config, write_config
 
@@ -28,7 +28,7 @@ def sale_rig(tmp_path_factory):
         **cfg.instruments,
         "robot1": cfg.instruments["robot1"].model_copy(update={"feed_mm_min": 60000})}})
     path = write_config(cfg, tmp / "lab.yaml")
-    with open_rig(path, results=tmp / "results") as rig:
+    with open_local(path, results=tmp / "results") as rig:
         for t in ("T1", "T2"):
             rig.ensure_ready(t)
         yield rig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rig import open_rig
+from rig import open_local
 from rig.control.scenario import run_scenario
 from rig.faults.labctl import LabControl
 from rig.faults.scenarios import load_scenarios
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def isolated_ns():
     """A fresh network namespace with only ``lo`` up; deleted afterwards."""
-    from rig import netns
+    from rig.core import netns
 
     require_netadmin()
     name = f"rigs{os.getpid()}_{len(netns.names('rigs'))}"
@@ -61,7 +61,7 @@ def test_every_scenario_passes_on_the_virtual_lab(tmp_path, isolated_ns):
 def test_a_terminal_that_does_not_reverse_fails_host_no_response(tmp_path):
     cfg = virtual_config(tmp_path, proxies=True, time_scale=0.5)
     sc = load_scenarios()["host-no-response"]
-    with open_rig(cfg, results=tmp_path) as rig:
+    with open_local(cfg, results=tmp_path) as rig:
         good = run_scenario(rig, sc, "T2")
         LabControl(cfg.sim.control_listen).quirk("T2", "no_reversal", True)
         broken = run_scenario(rig, sc, "T2")
@@ -74,7 +74,7 @@ def test_a_terminal_that_does_not_reverse_fails_host_no_response(tmp_path):
 def test_a_terminal_that_ignores_a0_fails_mac_error(tmp_path):
     cfg = virtual_config(tmp_path, proxies=True, time_scale=0.5)
     sc = load_scenarios()["mac-error"]
-    with open_rig(cfg, results=tmp_path) as rig:
+    with open_local(cfg, results=tmp_path) as rig:
         LabControl(cfg.sim.control_listen).quirk("T3", "no_resignon", True)
         broken = run_scenario(rig, sc, "T3")
     assert broken.verdict == "fail"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rig import open_rig
+from rig import open_local
 from rig.config import load_lab
 from rig.core import netns
 from rig.core.errors import InfrastructureError
@@ -103,7 +103,7 @@ def test_lab_without_the_capabilities_says_what_it_needs(tmp_path, monkeypatch):
 def test_signon_and_sale_go_through_the_veth_and_the_namespace_goes_with_the_rig(lab, tmp_path):
     cfg, ns = lab
     net = _octets(ns)
-    with open_rig(cfg, results=tmp_path) as rig:
+    with open_local(cfg, results=tmp_path) as rig:
         rig_if = _link(f"{ns['iface_prefix']}1")
         assert {"local": f"{net}.1.1", "prefixlen": 30} in [
             {k: a[k] for k in ("local", "prefixlen")} for a in rig_if["addr_info"]]
@@ -131,7 +131,7 @@ def test_signon_and_sale_go_through_the_veth_and_the_namespace_goes_with_the_rig
 
 def test_link_down_during_signon_the_terminal_retries_and_recovers(lab, tmp_path):
     cfg, ns = lab
-    with open_rig(cfg, results=tmp_path) as rig:
+    with open_local(cfg, results=tmp_path) as rig:
         rig.power_cycle("T1")
         assert rig.wait_signon("T1").ok
         # Longer than the sign-on timeout (3 s, not scaled): shorter, the first attempt's SYN
@@ -164,7 +164,7 @@ def test_link_down_during_signon_the_terminal_retries_and_recovers(lab, tmp_path
 def test_rate_on_the_terminal_link_and_signon_still_works(lab, tmp_path):
     cfg, ns = lab
     ifname = f"{ns['iface_prefix']}1"
-    with open_rig(cfg, results=tmp_path) as rig:
+    with open_local(cfg, results=tmp_path) as rig:
         with rig.fault("T1", Rate(kbit=64)):
             assert _root_qdisc(ifname) == "tbf 7269:"
             rig.power_cycle("T1")
