@@ -286,7 +286,8 @@ def test_moves_are_planned_as_data_checked_and_timed_without_a_driver():
     layout = load_lab(ROOT / "configs/labs/virtual.yaml").robot
     assert layout is not None
     steps = MovePlans(layout, 12000, "robot1").swipe(stations(), speed_mm_s=100)
-    limits = Limits.from_settings({110: 30000, 111: 30000, 112: 30000, 120: 1000}, 12000)
+    limits = Limits.from_settings({110: 30000, 111: 30000, 112: 30000, 120: 1000, 121: 1000,
+                                   122: 1000}, 12000)
     p = plan(steps, (0.0, 0.0, 0.0), limits, "robot1")
     assert [s.line for s in p.steps] == ["G1 Z0 F12000", "G1 X160 Y150 F12000", "G1 Z-10 F12000",
                                          "G1 X240 Y150 Z-10 F6000", "G4 P0", "G1 Z0 F12000",
@@ -295,10 +296,10 @@ def test_moves_are_planned_as_data_checked_and_timed_without_a_driver():
     travel = (math.hypot(160, 150) + 10 + 10) / 200.0  # mm / (mm/s) at 12000 mm/min
     assert p.motion_s == pytest.approx(travel + 80 / 100.0)
     assert p.seconds[3] == pytest.approx(80 / 100.0 + 100 / 1000)  # + rate / acceleration
-    slow = Limits.from_settings({110: 3000, 111: 3000, 112: 3000}, 12000)
+    slow = Limits.from_settings({110: 3000, 111: 3000, 112: 30000}, 12000)
     with pytest.raises(LimitError, match=r"robot1: 'G1 X160 Y150 F12000': feed 12000 mm/min is "
-                                         r"outside 0..4116.\d+ mm/min"):
-        plan(steps, (0.0, 0.0, 0.0), slow, "robot1")
+                                         r"outside 0..4112.\d+ mm/min"):  # 3000 / cos(43°)
+        plan(steps, (0.0, 0.0, -5.0), slow, "robot1")  # up along z alone is fine
     with pytest.raises(LimitError, match="robot1: tap dwell -1 ms is not valid"):
         MovePlans(layout, 12000, "robot1").tap(stations(), dwell_ms=-1)
 
