@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -192,8 +193,19 @@ def serve(config: str | Path, *, results: str | Path | None = None, host: str = 
     log.info("rig service for lab %s on %s (pid %d)", cfg.name, url, os.getpid())
     if ready is not None:
         ready.set()
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # uvicorn handles SIGINT / SIGTERM while it runs and re-raises the signal once it stopped,
+    # with the handler it found: make that one unwind through `finally` (safe state, runs
+    # marked), not the default one that would end the process on the spot.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        log.info("rig service for lab %s: stopping on a signal", cfg.name)
     finally:
         hub.stopping.set()
         try:

@@ -76,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # e.g. a magazine slot naming an unknown card profile
         print(str(e), file=sys.stderr)
         return 2
-    stop = threading.Event()
+    # A signal handler only flips a flag: Event.set() takes a lock, and a second signal (the
+    # parent's death signal and the watchdog's SIGTERM arrive together) landing inside the
+    # first handler's Event.set() would deadlock the main thread on that lock.
+    stopped: list[int] = []
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):  # before start(): no window without them
-            old[sig] = signal.signal(sig, lambda *_: stop.set())
+            old[sig] = signal.signal(sig, lambda signum, _frame: stopped.append(signum))
     try:
         try:
             lab.start()
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         addrs = " ".join(f"{k}={v}" for k, v in lab.addresses().items())
         print(f"rig.sim ready lab={cfg.name} pid={os.getpid()} {addrs} journal={lab.journal_path}",
               flush=True)
-        while not stop.wait(0.2):
+        while not stopped:
+            time.sleep(0.1)
             if not lab.running:
                 print("rig.sim: the lab's event loop ended unexpectedly", file=sys.stderr)
                 return 1

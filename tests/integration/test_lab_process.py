@@ -123,3 +123,19 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
         proc = subprocess.run(_lab_cmd(path), cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "cannot start" in proc.stderr and "ready" not in proc.stdout
+
+
+def test_a_burst_of_signals_still_stops_it(tmp_path: Path) -> None:
+    """The parent's death signal and the watchdog's SIGTERM arrive together: no deadlock."""
+    path = write_config(virtual_config(tmp_path), tmp_path / "lab.yaml")
+    proc = subprocess.Popen(_lab_cmd(path), cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    with proc:
+        try:
+            assert "ready" in _readline(proc, 20)
+            for _ in range(20):
+                proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
