@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/sale_accuracy.py
 	$(BIN)/python benchmarks/proxy_overhead.py
 	$(BIN)/python benchmarks/kernel_faults.py
+	$(BIN)/python benchmarks/truth_wire.py
 
 lint: install
 	$(BIN)/ruff check rig tests benchmarks

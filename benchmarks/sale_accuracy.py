@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg = bench_config(tmp)
+        cfg = bench_config(tmp, 4)
         windows: list[tuple[str, str, int, int, object]] = []
         lock = threading.Lock()
         with open_rig(cfg, results=tmp / "r", label="bench-sales") as rig:

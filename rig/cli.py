@@ -434,11 +434,12 @@ def fault(ctx: typer.Context,
             timed = f.for_s is not None and f.during is None and f.at_s is None
             out.print(f"{what}: {f.label()} " + (f"on, held for {f.for_s:g} s" if timed else
                       "armed; Ctrl-C undoes it"), highlight=False)
-            if timed:
-                time.sleep(f.for_s + 0.2)  # the service turns it off on time; then disarm
-            else:
-                while True:
-                    time.sleep(1.0)
+            end = time.monotonic() + (f.for_s + 0.2 if timed else float("inf"))
+            while time.monotonic() < end and rig.ended is None:
+                time.sleep(0.2)  # the service turns a timed fault off on time; then disarm
+            if rig.ended is not None:
+                out.print(f"{what}: {f.name} undone ({rig.ended})", highlight=False)
+                return
     out.print(f"{what}: {f.name} undone")
 
 
@@ -492,8 +493,8 @@ def _fault_clear(config: str, as_json: bool) -> None:
     while time.monotonic() < end and any(pid_alive(p) for p in asked):
         time.sleep(0.1)
     with _open(config) as rig:  # the service turns every fault off; its start swept a
-        undone = rig.clear_faults()  # crashed service's leftovers (kernel, PSU, lab, ledger)
-    result = {"stopped_pids": sorted(asked), "undone": undone}
+        got = rig.clear_faults()  # crashed service's leftovers (kernel, PSU, lab, ledger)
+    result = {"stopped_pids": sorted(asked | set(got["stopped_pids"])), "undone": got["undone"]}
     if as_json:
         out.print_json(json.dumps(result))
         return

@@ -91,6 +91,7 @@ class Rig:
         self._http = httpx.Client(base_url=self.url, headers=headers,
                                   timeout=httpx.Timeout(30.0, read=None))
         self._closed = False
+        self.ended: str | None = None  # why the service ended this session, if it did
         try:
             r = self._http.post("/v1/sessions", json={
                 "label": label, "pid": os.getpid(), "host": os.uname().nodename,
@@ -168,6 +169,9 @@ class Rig:
                 r = self._http.post(f"/v1/sessions/{self.sid}/heartbeat", timeout=5.0)
                 if r.status_code == 200:
                     self.progress = r.json().get("progress") or {}
+                elif r.status_code == 400:  # the service ended this session
+                    self.ended = str(r.json().get("message", "ended by the service"))
+                    return
             except httpx.HTTPError as e:
                 log.debug("heartbeat failed: %s", e)
 
@@ -243,9 +247,10 @@ class Rig:
         try:
             yield armed
         finally:
-            occ = self._request("DELETE", f"/faults/{got['handle']}")["occurrences"]
-            for a, o in zip(armed, occ, strict=False):
-                a["occurrences"] = o
+            if self.ended is None:  # an ended session's faults were turned off already
+                occ = self._request("DELETE", f"/faults/{got['handle']}")["occurrences"]
+                for a, o in zip(armed, occ, strict=False):
+                    a["occurrences"] = o
 
     def recovery(self, terminal: str, fault: Any, during: str = "signon",
                  timeout_s: float = 120.0) -> Any:
@@ -287,8 +292,9 @@ class Rig:
         """``status`` / ``home`` / ``park`` the card robot."""
         return self._call("robot_action", action=action)
 
-    def clear_faults(self) -> list[str]:
-        """Turn every fault on the lab off (every client's), and what a crashed service left."""
+    def clear_faults(self) -> dict[str, Any]:
+        """Turn every fault on the lab off; the clients holding faults are ended. Returns
+        ``{"undone": [...], "stopped_pids": [...]}``."""
         return self._call("clear_faults")
 
     def service_status(self) -> dict[str, Any]:

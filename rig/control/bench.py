@@ -259,8 +259,11 @@ class Bench:
         return s
 
     def _session_closed(self, s: Session, state: str) -> None:
+        """A session ended: the terminals it drove go to the safe state, as a closing Rig's
+        did when each notebook owned the lab; its run is marked."""
         with self._lock:
             self.sessions.pop(s.owner, None)
+        self.safe_state(sorted(s.used))
         for t in self.cfg.terminals:  # its terminals' later events go to the bench's run
             if self.recorder.route(t)[0] == s.run_id:
                 self.recorder.set_cycle(t, None)
@@ -273,10 +276,14 @@ class Bench:
             if tc.open:
                 tc.cancel.set()
                 tc.finish("aborted", error="interrupted")
+        self.safe_state(list(self.cfg.terminals))
+
+    def safe_state(self, terminals: list[str]) -> None:
+        """Put ``terminals``' power in the configured safe state (``safe_power``)."""
         if self.cfg.safe_power == "leave":
             return
         on = self.cfg.safe_power == "on"
-        for t in self.cfg.terminals:
+        for t in terminals:
             try:
                 self.hw.switch(t, on)
             except Exception as e:  # keep going: every other terminal still gets its safe state

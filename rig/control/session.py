@@ -61,6 +61,11 @@ class Session:
             yield tc
 
     @property
+    def used(self) -> set[str]:
+        """The terminals this session has driven."""
+        return set(self._used)
+
+    @property
     def terminals(self) -> list[str]:
         return list(self.cfg.terminals)
 

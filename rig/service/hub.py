@@ -282,17 +282,20 @@ class Hub:
         return [[{"id": o.id, "on_mono_ns": o.since.mono_ns} for o in a.occurrences]
                 for a in armed]
 
-    def clear_faults(self, sid: str) -> list[str]:
-        """Every client's faults disarmed and every fault off (``rig fault clear``)."""
+    def clear_faults(self, sid: str) -> dict[str, Any]:
+        """Every fault off (``rig fault clear``): the sessions holding faults are ended (their
+        clients hear it at their next call or heartbeat), whatever is still on is undone."""
         c = self.client(sid)
         with self._lock:
-            clients = list(self.clients.values())
-        for other in clients:
-            for handle in list(other.faults):
-                armed = other.faults.pop(handle, None)
-                if armed:
-                    other.session.disarm(armed)
-        return c.session.clear_faults() + list(self.bench.swept)
+            holders = [o for o in self.clients.values() if o.faults and o.sid != sid]
+        stopped = []
+        for other in holders:
+            stopped.append(other.pid)
+            self.close_client(other.sid, "interrupted", f"its faults were cleared by {c.who}")
+        for handle in list(c.faults):
+            c.session.disarm(c.faults.pop(handle))
+        return {"undone": c.session.clear_faults() + list(self.bench.swept),
+                "stopped_pids": sorted(p for p in stopped if p)}
 
     def cancel(self, sid: str, terminals: list[str] | None) -> None:
         self.client(sid).session.stop(terminals)

@@ -74,7 +74,7 @@ class ControlServer:
         self.terminals = terminals
         self.world = world
         self.journal = journal
-        self.server = LineServer("control", self.handle, eol=b"\n")
+        self.server = LineServer("control", lambda line, _rx: self.handle(line), eol=b"\n")
 
     async def start(self, host: str, port: int) -> None:
         await self.server.start(host, port)

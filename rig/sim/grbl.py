@@ -42,6 +42,7 @@ from .grbl_motion import (
     parse_block,
     parse_jog,
 )
+from .wire import Conn, Server, WireStamp
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +58,28 @@ class _Session:
     """One client: its line assembler, the line being executed and the RX buffer behind it.
 
     While no line executes, bytes go straight through the assembler (GRBL's main loop keeps
-    up with the serial line); while one executes, they wait in ``rx`` (127 bytes, then lost).
+    up with the serial line); while one executes, they wait in ``rx`` (127 bytes, then lost),
+    each with the kernel's receive stamp of the read that brought it, so a line carries the
+    stamp of its end-of-line byte.
     """
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
         self.task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.clear()
 
     def clear(self) -> None:
         self.rx = bytearray()
+        self.rx_stamps: list[WireStamp] = []  # one per byte of rx
         self.lines = LineAssembler()
         self.ready: Line | None = None  # a complete line for the processor
+        self.ready_rx: WireStamp | None = None  # when its last byte arrived
         self.more = asyncio.Event()
 
     def send(self, text: str, raw: bool = False) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(text.encode() if raw else text.encode() + b"\r\n")
+        if not self.conn.closed:
+            self.conn.write(text.encode() if raw else text.encode() + b"\r\n")
 
 
 class GrblServer:
@@ -82,7 +87,8 @@ class GrblServer:
 
     Hooks run in the event loop: ``on_segment(Segment)`` when a move starts and again
     (zero-length) when one is cut short; ``on_gripper(closed, pos)`` when M8/M9 executes (after
-    the motion before it) or a reset opens the gripper; ``on_alarm(code)``. With
+    the motion before it) or a reset opens the gripper; ``on_alarm(code)``; ``on_line(text, rx)``
+    when a (non-empty) line starts executing, with the kernel's receive stamp of its last byte. With
     ``require_homing`` it starts in Alarm (homing lock), otherwise Idle at (0, 0, 0).
     """
 
@@ -90,9 +96,10 @@ class GrblServer:
                  on_segment: Callable[[Segment], None] | None = None,
                  on_gripper: Callable[[bool, Vec], None] | None = None,
                  on_alarm: Callable[[int], None] | None = None, *,
+                 on_line: Callable[[str, WireStamp], None] | None = None,
                  require_homing: bool = False, homing_feed_mm_min: float | None = None,
                  rx_buffer: int = RX_BUFFER) -> None:
-        self.on_gripper, self.on_alarm, self.rx_buffer = on_gripper, on_alarm, rx_buffer
+        self.on_gripper, self.on_alarm, self.on_line, self.rx_buffer = on_gripper, on_alarm, on_line, rx_buffer
         self.settings: dict[int, float] = {
             0: 10, 1: 25, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 10: 1, 11: 0.010, 12: 0.002, 13: 0,
             20: 0, 21: 0, 22: 1, 23: 0, 24: 25.0, 25: homing_feed_mm_min or max_feed_mm_min / 10,
@@ -104,16 +111,15 @@ class GrblServer:
         self.gripper_closed = False
         self.alarm_code: int | None = 0 if require_homing else None  # 0: homing lock
         self._critical = self._homing = False  # critical: hard/soft limit, only a reset gets out
-        self._server: asyncio.Server | None = None
+        self._server: Server | None = None
         self._sessions: set[_Session] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
 
     # --- public --------------------------------------------------------------------------------
     @property
     def port(self) -> int:
-        if self._server is None or not self._server.sockets:
+        if self._server is None:
             raise RuntimeError("GrblServer is not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._server.port
 
     def position(self) -> Vec:
         """Machine position now (interpolated along the running segment)."""
@@ -137,23 +143,20 @@ class GrblServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (port 0: a free one, read ``.port``)."""
-        self._server = await asyncio.start_server(self._client, host, port)
+        server = Server("GRBL sim", self._client)
+        await server.start(host, port)
+        self._server = server
         log.info("GRBL sim listening on %s:%d", host, self.port)
 
     async def stop(self) -> None:
         """Stop listening, drop every client, stop the motion timers."""
-        if self._server is not None:
-            self._server.close()
         for s in list(self._sessions):
-            s.writer.close()
             if s.task is not None:
                 s.task.cancel()
-        if self._handlers:
-            await asyncio.wait(list(self._handlers), timeout=2)
-        self.planner.close()
         if self._server is not None:
-            await self._server.wait_closed()
+            await self._server.stop()
             self._server = None
+        self.planner.close()
 
     def reset(self) -> None:
         """Soft reset (0x18), as if sent by a client."""
@@ -172,21 +175,23 @@ class GrblServer:
             self._abort(code)
 
     # --- connection and real-time bytes --------------------------------------------------------
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        s = _Session(writer)
+    async def _client(self, conn: Conn) -> None:
+        s = _Session(conn)
         self._sessions.add(s)
-        handler = asyncio.current_task()
-        self._handlers.add(handler)  # type: ignore[arg-type]
         s.send(BANNER, raw=True)
         if self.alarm_code is not None:
             s.send(UNLOCK_HINT)
         s.task = asyncio.create_task(self._process(s))
         try:
-            while chunk := await reader.read(4096):
+            while True:
+                chunk, rx = await conn.read(4096)
+                if not chunk:
+                    break
+                assert rx is not None
                 for b in chunk:
                     if b >= 0x80 or b in (RT_STATUS, RT_HOLD, RT_RESUME, RT_RESET):
                         self._realtime(b, s)
-                    elif self._receive(s, b):
+                    elif self._receive(s, b, rx):
                         await asyncio.sleep(0)  # the line runs now unless it has to wait
                 if s.dropped:
                     log.warning("grbl: RX buffer full, %d bytes lost (host not counting?)", s.dropped)
@@ -195,10 +200,9 @@ class GrblServer:
             pass
         finally:
             self._sessions.discard(s)
-            self._handlers.discard(handler)  # type: ignore[arg-type]
             if s.task is not None:
                 s.task.cancel()
-            writer.close()
+            conn.close()
 
     def _realtime(self, b: int, s: _Session) -> None:
         if b == RT_STATUS:
@@ -267,16 +271,18 @@ class GrblServer:
                 log.exception("grbl: on_gripper hook failed")
 
     # --- lines -------------------------------------------------------------------------------
-    def _receive(self, s: _Session, b: int) -> bool:
+    def _receive(self, s: _Session, b: int, rx: WireStamp) -> bool:
         """A byte that is no real-time command: to the assembler (True: a line is complete),
         or, while a line executes, into the RX buffer."""
         if s.ready is None and not s.rx:
             s.ready = s.lines.feed(bytes((b,)))[0]
             if s.ready is not None:
+                s.ready_rx = rx
                 s.more.set()
             return s.ready is not None
         if len(s.rx) < self.rx_buffer:
             s.rx.append(b)
+            s.rx_stamps.append(rx)
         else:
             s.dropped += 1
         return False
@@ -290,6 +296,11 @@ class GrblServer:
                 continue
             while self._critical or self.planner.held:  # protocol_exec_rt_suspend()
                 await self.planner.changed()
+            if s.ready.text and self.on_line is not None and s.ready_rx is not None:
+                try:
+                    self.on_line(s.ready.text, s.ready_rx)
+                except Exception:
+                    log.exception("grbl: on_line hook failed")
             try:
                 if s.ready.overflow:
                     raise GrblError(11)
@@ -300,10 +311,12 @@ class GrblServer:
             except Exception:  # a bug of the sim: say so, answer, keep serving
                 log.exception("grbl: %r crashed the sim", s.ready.text)
                 s.send("error:20")
-            s.ready = None
+            s.ready = s.ready_rx = None
             while s.rx and s.ready is None:
                 s.ready, used = s.lines.feed(s.rx)
+                s.ready_rx = s.rx_stamps[used - 1]
                 del s.rx[:used]
+                del s.rx_stamps[:used]
 
     async def _execute(self, line: str, s: _Session) -> bool:
         """Run one line; True when it already answered ``ok`` itself."""

@@ -1,12 +1,12 @@
-"""A virtual terminal's TCP connection to its host, with kernel receive timestamps.
+"""A virtual terminal's TCP connection to its host, stamped by the kernel both ways.
 
-The socket is non-blocking with ``SO_TIMESTAMPNS``: it connects with ``loop.sock_connect``,
-sends with ``loop.sock_sendall`` (the caller stamps right after it returns) and receives
-with ``recvmsg`` whenever ``loop.add_reader`` says bytes are there, reading exactly what the
-frame still needs. A frame carries the kernel stamp (CLOCK_REALTIME, mapped onto the
-monotonic timeline) of the segment that completed it, so a busy event loop does not make
-the truth journal late. Without a kernel stamp the receive falls back to ``clock.now()``
-taken right after ``recvmsg`` returned, and :attr:`RxFrame.clock` says ``sim``.
+The socket is a :class:`rig.sim.wire.Conn` (non-blocking, ``SO_TIMESTAMPNS`` on from before the
+connect, software TX stamps after it): :meth:`HostLink.send` says when the request left (the
+kernel's transmit stamp of its last segment, ``kernel_tx``), :meth:`HostLink.read_frame` reads
+exactly what the frame still needs, so a frame carries the kernel receive stamp of the segment
+that completed it (``kernel_rx``), and a busy event loop does not make the truth journal late.
+Where the kernel gives no stamp the loop's thread stamps right after the call returned
+(``thread``).
 
 With ``sim.netns`` the socket is made inside the lab's network namespace (a short-lived
 thread enters it, :func:`rig.core.netns.socket_in`), so the connection leaves through the
@@ -16,18 +16,15 @@ terminal's veth; everything after that is the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import socket
 from dataclasses import dataclass
 
 from ..core import netns as _netns
-from ..core.clock import ClockSource, Stamp, WallToMono, now
 from ..core.errors import InfrastructureError, ProtocolError
-from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
+from ..core.netstamp import enable_rx_timestamps
 from ..iso8583.framing import MAX_FRAME, ConnectionClosed
-
-_MAPPER = WallToMono()
+from .wire import Conn, WireStamp, thread_stamp
 
 
 def _close_result(fut: asyncio.Future[socket.socket]) -> None:
@@ -40,18 +37,16 @@ class RxFrame:
     """One frame body and when its last segment arrived."""
 
     body: bytes
-    stamp: Stamp
-    clock: str  # "kernel" (SO_TIMESTAMPNS) or "sim" (stamped after recvmsg returned)
+    stamp: WireStamp  # its clock: kernel_rx, else thread
 
 
 class HostLink:
     """One connection; make it with :meth:`open`, close it with :meth:`close`."""
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
-        self._sock = sock
-        self._loop = asyncio.get_running_loop()
+        self._conn = Conn(sock, tx_stamps=True)
         self.peer = peer
-        self.kernel_stamps = enable_rx_timestamps(sock)
+        self.kernel_stamps = self._conn.rx_kernel
         local = sock.getsockname()
         self.local = f"{local[0]}:{local[1]}"
 
@@ -81,15 +76,14 @@ class HostLink:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             enable_rx_timestamps(sock)  # before connecting: no segment goes unstamped
             await loop.sock_connect(sock, addr)
+            return cls(sock, f"{host}:{port}")
         except BaseException:
             sock.close()
             raise
-        return cls(sock, f"{host}:{port}")
 
-    async def send(self, data: bytes) -> Stamp:
-        """Send everything; the stamp is taken right after ``sock_sendall`` returned."""
-        await self._loop.sock_sendall(self._sock, data)
-        return now()
+    async def send(self, data: bytes) -> WireStamp:
+        """Send everything; when its last segment left (``kernel_tx``, else ``thread``)."""
+        return await self._conn.send(data)
 
     async def read_frame(self, max_len: int = MAX_FRAME) -> RxFrame:
         """The next non-empty frame (zero-length keep-alives skipped).
@@ -98,7 +92,9 @@ class HostLink:
         truncated or oversized frame, OSError on a reset; bound it with ``asyncio.wait_for``.
         """
         while True:
-            prefix, _ = await self._read_exactly(2)
+            prefix, _ = await self._conn.readexactly(2)
+            if self._conn.error is not None and len(prefix) != 2:
+                raise self._conn.error
             if not prefix:
                 raise ConnectionClosed("connection closed by peer")
             if len(prefix) != 2:
@@ -108,46 +104,12 @@ class HostLink:
                 raise ProtocolError(f"frame length {n} exceeds the limit of {max_len} bytes")
             if n == 0:
                 continue
-            body, rx = await self._read_exactly(n)
+            body, rx = await self._conn.readexactly(n)
             if len(body) != n:
+                if self._conn.error is not None:
+                    raise self._conn.error
                 raise ProtocolError(f"connection closed after {len(body)} of {n} body bytes")
-            assert rx is not None
-            return RxFrame(body, rx[0], rx[1])
-
-    async def _read_exactly(self, n: int) -> tuple[bytes, tuple[Stamp, str] | None]:
-        """Up to ``n`` bytes (fewer only at end of stream) and the stamp of the last read."""
-        buf = bytearray()
-        last: tuple[Stamp, str] | None = None
-        while len(buf) < n:
-            try:
-                data, anc, flags, _ = self._sock.recvmsg(n - len(buf), ANC_SPACE)
-            except (BlockingIOError, InterruptedError):
-                await self._readable()
-                continue
-            if not data:
-                break
-            wall = None if flags & socket.MSG_CTRUNC else kernel_wall_ns(anc)
-            if wall is None:
-                last = (now(), str(ClockSource.SIM))
-            else:
-                last = (Stamp(_MAPPER.to_mono(wall), wall), str(ClockSource.KERNEL))
-            buf += data
-        return bytes(buf), last
-
-    async def _readable(self) -> None:
-        fut: asyncio.Future[None] = self._loop.create_future()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        fd = self._sock.fileno()
-        self._loop.add_reader(fd, ready)
-        try:
-            await fut
-        finally:
-            self._loop.remove_reader(fd)
+            return RxFrame(body, rx or thread_stamp())
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        self._conn.close()

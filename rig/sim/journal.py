@@ -1,8 +1,13 @@
 """The virtual lab's truth journal: what each simulated device really did, and when.
 
 One JSON object per line, flushed per line, so a benchmark (or a crash post-mortem) can read
-it while the lab runs: ``{"mono_ns", "wall_ns", "terminal", "what", ...data}``. Stamps are
-``time.monotonic_ns()`` taken by the caller at the I/O boundary; the journal never re-stamps.
+it while the lab runs: ``{"mono_ns", "wall_ns", "terminal", "what", ...data, "clock"}``. Stamps
+are taken by the caller at the I/O boundary; the journal never re-stamps. ``clock`` says who
+took the stamp: ``kernel_rx`` / ``kernel_tx`` (the kernel's receive / transmit stamp at one of
+the lab's sockets, :mod:`rig.sim.wire`), ``thread`` (the lab's loop thread, where no socket
+was crossed or the kernel gave no stamp), ``sim`` (when the simulated world says a motion
+ended, :mod:`rig.sim.world`). ``mono_ns`` is CLOCK_MONOTONIC; a kernel stamp's ``wall_ns`` is the
+kernel's CLOCK_REALTIME and its ``mono_ns`` that minus the lab's wall-mono offset.
 Entries are also kept in memory (bounded) for tests, which can :meth:`TruthJournal.wait_for`
 an entry.
 """
@@ -16,11 +21,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..core.clock import Stamp, now
+from ..core.clock import now
 
 Entry = dict[str, Any]
+# what a lab's line-level I/O writes (one entry per line crossing a port); tests that compare
+# event sequences leave these out
+LINE_KINDS = ("console", "ecr_cmd", "ecr_reply", "robot_line")
+
+
+class Stamped(Protocol):
+    @property
+    def mono_ns(self) -> int: ...
+
+    @property
+    def wall_ns(self) -> int: ...
 
 
 class TruthJournal:
@@ -39,12 +55,19 @@ class TruthJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
 
-    def record(self, terminal: str | None, what: str, stamp: Stamp | None = None,
+    def record(self, terminal: str | None, what: str, stamp: Stamped | None = None,
                **data: Any) -> Entry:
-        """Append one entry; ``stamp`` defaults to now (take it at the I/O boundary instead)."""
-        st = stamp or now()
+        """Append one entry; ``stamp`` defaults to now (take it at the I/O boundary instead).
+
+        ``clock`` comes from ``data``, else from the stamp (a :class:`rig.sim.wire.WireStamp`
+        knows its clock), else it is ``thread`` when the journal stamped.
+        """
+        st: Stamped = stamp or now()
         entry: Entry = {"mono_ns": st.mono_ns, "wall_ns": st.wall_ns, "terminal": terminal,
                         "what": what, **data}
+        clock = getattr(st, "clock", None) or ("thread" if stamp is None else None)
+        if clock is not None:
+            entry.setdefault("clock", str(clock))
         line = json.dumps(entry, separators=(",", ":"), default=str)
         with self._lock:
             if self._file is not None:

@@ -44,6 +44,7 @@ from .journal import TruthJournal
 from .lines import parse_hostport
 from .psu import ScpiPsuServer
 from .terminal import VirtualTerminal
+from .wire import WireStamp
 from .world import CardWorld
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ class VirtualLab:
             stations = {n: t.stations for n, t in cfg.terminals.items() if t.stations is not None}
             self.world = CardWorld(layout, sim, stations, self.journal)
             self.grbl = GrblServer(max_feed_mm_min=sim.robot_max_feed_mm_min,
-                                   on_segment=self.world.on_segment, on_gripper=self.world.on_gripper)
+                                   on_segment=self.world.on_segment, on_gripper=self.world.on_gripper,
+                                   on_line=self._robot_line)
             for name in stations:
                 self.terminals[name].world = self.world
                 self.world.attach(name, self.terminals[name].card_event)
@@ -139,8 +141,12 @@ class VirtualLab:
 
     # --- wiring -------------------------------------------------------------------------------
     def _on_power(self, channel: int, powered: bool, volts: float) -> None:
+        at = self.psu.line_rx  # the kernel's receive stamp of the SCPI line that switched it
         for t in self._by_channel.get(channel, ()):
-            t.power(powered, volts)
+            t.power(powered, volts, at)
+
+    def _robot_line(self, text: str, rx: WireStamp) -> None:
+        self.journal.record(None, "robot_line", rx, line=text)
 
     def _load(self, channel: int) -> float:
         return sum(t.load() for t in self._by_channel.get(channel, ()))

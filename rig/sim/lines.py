@@ -2,19 +2,21 @@
 
 Like a USB-serial adapter it listens whether or not the device behind it has power. Lines
 written by the device go to every connected client (``\\r\\n`` terminated); lines read from
-a client (``\\r\\n`` or ``\\n`` terminated) go to an optional handler whose reply is written
-back to that client only.
+a client (``\\r\\n`` or ``\\n`` terminated) go to an optional handler, with the kernel's
+receive stamp of the segment that completed the line; its reply is written back to that
+client only. With ``tx_stamps`` every write is stamped with the kernel's transmit stamp
+(:mod:`rig.sim.wire`): :meth:`LineServer.broadcast` returns when the line left, ``on_reply``
+hears when a reply did.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from ..core.errors import ConfigError
+from .wire import Conn, LineTooLong, Server, WireStamp, earliest, thread_stamp
 
 log = logging.getLogger(__name__)
 
@@ -36,84 +38,86 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class LineServer:
-    """Line-oriented TCP server; ``handler(line) -> reply | None`` runs in the event loop."""
+Handler = Callable[[str, WireStamp], str | None]
+OnReply = Callable[[str, WireStamp], None]
 
-    def __init__(self, name: str, handler: Callable[[str], str | None] | None = None,
-                 eol: bytes = b"\r\n") -> None:
+
+class LineServer:
+    """Line-oriented TCP server; ``handler(line, rx) -> reply | None`` runs in the event loop."""
+
+    def __init__(self, name: str, handler: Handler | None = None, eol: bytes = b"\r\n", *,
+                 tx_stamps: bool = False, on_reply: OnReply | None = None) -> None:
         self.name = name
         self._handler = handler
+        self._on_reply = on_reply
         self._eol = eol
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
+        self._server = Server(name, self._serve, tx_stamps=tx_stamps)
+        self._started = False
+        self._clients: list[Conn] = []  # in the order they connected
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE)
-        sock = self._server.sockets[0].getsockname()
-        self.address = (sock[0], sock[1])
+        await self._server.start(host, port)
+        self._started = True
+        self.address = self._server.address
         log.debug("%s listening on %s:%d", self.name, *self.address)
 
     @property
     def clients(self) -> int:
         return len(self._clients)
 
-    def broadcast(self, line: str) -> None:
-        """Write one line to every connected client; returns once the writes returned."""
+    def broadcast(self, line: str) -> WireStamp:
+        """Write one line to every connected client; when it left: the earliest kernel TX stamp
+        over the clients, else the thread's stamp (also when no client is connected)."""
         data = line.encode("utf-8", "replace") + self._eol
-        for w in list(self._clients):
-            self._write(w, data)
+        stamps = [st for c in list(self._clients) if (st := self._write(c, data)) is not None]
+        return earliest(stamps) or thread_stamp()
 
-    def _write(self, w: asyncio.StreamWriter, data: bytes) -> None:
-        if w.is_closing():
-            self._clients.discard(w)
-            return
-        if w.transport.get_write_buffer_size() > MAX_BACKLOG:
-            log.warning("%s: client %s does not read; dropping it", self.name,
-                        w.get_extra_info("peername"))
-            self._clients.discard(w)
-            w.transport.abort()
-            return
-        w.write(data)
+    def _write(self, c: Conn, data: bytes) -> WireStamp | None:
+        if c.closed:
+            self._drop(c)
+            return None
+        if c.buffered > MAX_BACKLOG:
+            log.warning("%s: client %s does not read; dropping it", self.name, c.peer)
+            self._drop(c)
+            c.close()
+            return None
+        return c.write(data)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        log.debug("%s: client %s connected", self.name, peer)
-        self._clients.add(writer)
+    def _drop(self, c: Conn) -> None:
+        if c in self._clients:
+            self._clients.remove(c)
+
+    async def _serve(self, c: Conn) -> None:
+        log.debug("%s: client %s connected", self.name, c.peer)
+        self._clients.append(c)
         try:
             while True:
                 try:
-                    raw = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):  # line too long: skip it
+                    raw, rx = await c.readline(MAX_LINE)
+                except LineTooLong:
                     continue
-                except ConnectionError:
-                    break
                 if not raw:
                     break
                 text = raw.decode("utf-8", "replace").strip()
                 if not text or self._handler is None:
                     continue
                 try:
-                    reply = self._handler(text)
+                    reply = self._handler(text, rx)
                 except Exception:
                     log.exception("%s: handler failed on %r", self.name, text)
                     reply = "ERR 99 internal error"
                 if reply is not None:
-                    self._write(writer, reply.encode("utf-8", "replace") + self._eol)
+                    tx = self._write(c, reply.encode("utf-8", "replace") + self._eol)
+                    if tx is not None and self._on_reply is not None:
+                        self._on_reply(reply, tx)
         finally:
-            self._clients.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            log.debug("%s: client %s gone", self.name, peer)
+            self._drop(c)
+            log.debug("%s: client %s gone", self.name, c.peer)
 
     async def stop(self) -> None:
-        if self._server is None:
+        if not self._started:
             return
-        self._server.close()
-        for w in list(self._clients):
-            w.close()
+        self._started = False
         self._clients.clear()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2.0)
-        self._server = None
+        await self._server.stop()

@@ -1,8 +1,8 @@
 """One online exchange of a virtual terminal: a MAC'd request, the matching response.
 
-A fresh connection per exchange (:class:`rig.sim.hostlink.HostLink`, kernel receive stamps);
-the request is stamped right after ``sock_sendall`` returned, the response with the kernel
-stamp of its last segment. Outcomes: ``ok`` (a reply), ``refused`` (no connection: nothing
+A fresh connection per exchange (:class:`rig.sim.hostlink.HostLink`); the request is stamped
+with the kernel's transmit stamp of its last segment, the response with the kernel's receive
+stamp of its last segment (``thread`` where the kernel gives none). Outcomes: ``ok`` (a reply), ``refused`` (no connection: nothing
 was sent), ``timeout`` / ``closed`` (sent, no reply), ``protocol`` (an unusable reply).
 """
 
@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..core.clock import Stamp
 from ..core.errors import ProtocolError
 from ..iso8583 import ConnectionClosed, cup_txn, frame, get_dialect
 from ..iso8583.dialects import Message, response_mti
 from .hostlink import HostLink, RxFrame
+from .wire import WireStamp
 
 log = logging.getLogger(__name__)
 CUP = get_dialect("cup")
@@ -32,7 +32,7 @@ class Reply:
 
 
 async def exchange(host: str, port: int, msg: Message, *, mak8: bytes, timeout_s: float,
-                   on_sent: Callable[[Stamp], None],
+                   on_sent: Callable[[WireStamp], None],
                    before_send: Callable[[], None] | None = None,
                    netns: str | None = None) -> tuple[str, Reply | None]:
     """Send ``msg`` with its MAC and wait ``timeout_s`` for the reply: (outcome, reply).

@@ -21,13 +21,13 @@ the output state is the instrument's, shared by every client.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import scpi
 from .scpi import Call, CommandTable, ErrorQueue, ScpiError
+from .wire import Conn, Server, WireStamp
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class ScpiPsuServer:
     """A multi-channel SCPI PSU on a TCP port; see the module docstring for the syntax.
 
     ``on_power(channel, powered, volts)`` runs in the event loop whenever a channel's effective
-    output (on/off, or its voltage while on) changes; ``load(channel)`` is the current (A) the
+    output (on/off, or its voltage while on) changes (the line that changed it arrived at
+    :attr:`line_rx`, the kernel's receive stamp); ``load(channel)`` is the current (A) the
     load draws now, ``MEAS:CURR?`` reports ``min(load, limit)`` and 0 when off.
     """
 
@@ -99,8 +100,8 @@ class ScpiPsuServer:
         self._reset()
         self._effective = {n: self.effective(n) for n in self._ch}
         self._table: CommandTable[_Session] = _build_table(self)
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._server: Server | None = None
+        self.line_rx: WireStamp | None = None  # stamp of the line being executed
 
     # --- state -------------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -141,10 +142,19 @@ class ScpiPsuServer:
             log.exception("load callback failed (channel %d)", n)
             return 0.0
 
-    def process(self, line: str, session: _Session | None = None) -> str | None:
-        """Execute one program message line (what a client's line does); returns the reply."""
+    def process(self, line: str, session: _Session | None = None,
+                rx: WireStamp | None = None) -> str | None:
+        """Execute one program message line (what a client's line does); returns the reply.
+
+        ``rx``: when the line arrived (the kernel's receive stamp); ``on_power`` callbacks run
+        while it executes and find it in :attr:`line_rx` (None for a line not read from a socket).
+        """
         session = session or _Session()
-        return self._table.execute(line, session, session.errors, after_unit=self._notify)
+        self.line_rx = rx
+        try:
+            return self._table.execute(line, session, session.errors, after_unit=self._notify)
+        finally:
+            self.line_rx = None
 
     # --- channel addressing ------------------------------------------------------------------
     def _fmt(self, value: float) -> str:
@@ -295,38 +305,28 @@ class ScpiPsuServer:
     # --- server ------------------------------------------------------------------------------
     @property
     def port(self) -> int:
-        if self._server is None or not self._server.sockets:
+        if self._server is None:
             raise RuntimeError("ScpiPsuServer is not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._server.port
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (port 0: a free one, read ``.port``)."""
-        self._server = await asyncio.start_server(self._client, host, port, limit=scpi.MAX_LINE)
+        server = Server("SCPI PSU", self._client)
+        await server.start(host, port)
+        self._server = server
         log.info("SCPI PSU (%s, %d ch) listening on %s:%d", self.model_name, self.channels,
                  host, self.port)
 
     async def stop(self) -> None:
         """Stop listening and drop every client."""
         if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+            await self._server.stop()
             self._server = None
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
+    async def _client(self, conn: Conn) -> None:
         session = _Session()
-        try:
-            await scpi.serve_lines(reader, writer, lambda line: self.process(line, session),
-                                   on_overrun=lambda: session.errors.push(*scpi.TOO_MUCH_DATA))
-        finally:
-            self._clients.discard(task)
+        await scpi.serve_lines(conn, lambda line, rx: self.process(line, session, rx),
+                               on_overrun=lambda: session.errors.push(*scpi.TOO_MUCH_DATA))
 
 
 def _build_table(s: ScpiPsuServer) -> CommandTable[_Session]:

@@ -31,18 +31,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cards.kernel import CardReadError, read_card
-from ..core.clock import Stamp, now
+from ..config import TerminalConfig
+from ..core.clock import now
 from ..core.redact import mask_pan
 from ..iso8583 import cup_txn
 from ..iso8583.dialects import Message
 from .online import Reply, exchange
-from .world import CardEvent
-
-if TYPE_CHECKING:
-    from .terminal import VirtualTerminal
+from .parts import Delays, HostRoute, Memory, Voice
+from .wire import WireStamp
+from .world import CardEvent, CardWorld
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,28 @@ class Finished(Exception):  # noqa: N818 - control flow: ends a transaction with
         self.status, self.rc, self.reason, self.data = status, rc, reason, data
 
 
-class Transactions:
-    """The transaction side of one :class:`VirtualTerminal` (state survives power cycles)."""
+@dataclass(frozen=True, slots=True)
+class SaleContext:
+    """What a terminal lends its transactions; the sale flow sees nothing else of it."""
 
-    def __init__(self, term: VirtualTerminal) -> None:
-        self.t = term
+    voice: Voice
+    memory: Memory
+    delays: Delays
+    tcfg: TerminalConfig
+    route: HostRoute
+    is_ready: Callable[[], bool]  # signed on and idle enough to start a transaction
+    on_mac_error: Callable[[], None]  # the host answered A0 (MAC error): sign on again
+
+
+class Transactions:
+    """The transaction side of one terminal (its state survives power cycles)."""
+
+    def __init__(self, ctx: SaleContext) -> None:
+        self.name = ctx.voice.name
+        self.voice, self.memory, self.delays = ctx.voice, ctx.memory, ctx.delays
+        self.sim, self.tcfg, self.route = ctx.delays.sim, ctx.tcfg, ctx.route
+        self._is_ready, self._on_mac_error = ctx.is_ready, ctx.on_mac_error
+        self.world: CardWorld | None = None  # set when the lab has a card robot
         self.txn: Txn | None = None
         self.batch: list[BatchEntry] = []
         self.reversal: Message | None = None  # pending 0400
@@ -126,7 +143,7 @@ class Transactions:
                 return "ERR 21 busy"
             return f"OK {self.last_result}" if self.last_result else "ERR 22 no result"
         kind = COMMANDS[cmd]
-        if not self.t.ready:
+        if not self._is_ready():
             return "ERR 20 not signed on"
         if self.busy:
             return "ERR 21 busy"
@@ -161,7 +178,7 @@ class Transactions:
     def card_event(self, ev: CardEvent) -> None:
         """A card event for this terminal (from the world)."""
         txn = self.txn
-        if txn is not None and not txn.online and self.t.ready:
+        if txn is not None and not txn.online and self._is_ready():
             txn.cards.put_nowait(ev)
 
     def power_off(self) -> None:
@@ -172,12 +189,11 @@ class Transactions:
 
     # --- the transaction --------------------------------------------------------------------
     async def _run(self, txn: Txn) -> None:
-        t = self.t
         try:
             amount = "" if txn.amount is None else f" amount={txn.amount}"
             orig = f" orig={txn.original.stan}" if txn.original else ""
-            t.say("INFO", f"SALE start type={txn.kind}{amount}{orig}", what="sale_start",
-                  type=txn.kind, amount=txn.amount)
+            self.voice.say("INFO", f"SALE start type={txn.kind}{amount}{orig}", what="sale_start",
+                           type=txn.kind, amount=txn.amount)
             try:
                 card = None if txn.kind == "settle" else await self._card(txn)
                 txn.online = True
@@ -187,21 +203,21 @@ class Transactions:
             except Finished as f:
                 end = f
             except Exception:
-                log.exception("%s: transaction failed", t.name)
+                log.exception("%s: transaction failed", self.name)
                 end = Finished("failed", "PE", "internal error")
             self._result(txn, end)
         finally:
             if self.txn is txn:
                 self.txn, self._task = None, None
         if end.status == "declined" and end.rc == "A0":
-            if not t.quirk("no_resignon", skipped="sign-on after A0"):
-                t.sign_on_again()  # the host said MAC error: fetch fresh working keys
+            if not self.voice.quirk("no_resignon", skipped="sign-on after A0"):
+                self._on_mac_error()  # the host said MAC error: fetch fresh working keys
 
     async def _card(self, txn: Txn) -> CardData:
-        t, loop = self.t, asyncio.get_running_loop()
-        t.say("INFO", "CARD wait")
-        deadline = loop.time() + CARD_TIMEOUT_MS * t.sim.time_scale / 1000
-        if t.world is not None and (held := t.world.inserted(t.name)) is not None:
+        loop = asyncio.get_running_loop()
+        self.voice.say("INFO", "CARD wait")
+        deadline = loop.time() + CARD_TIMEOUT_MS * self.sim.time_scale / 1000
+        if self.world is not None and (held := self.world.inserted(self.name)) is not None:
             txn.cards.put_nowait(CardEvent("inserted", held, now()))
         while True:
             try:
@@ -212,28 +228,28 @@ class Transactions:
                 raise Finished("failed", "CX", "cancelled")
             if ev.kind == "shallow":
                 if txn.fallback:
-                    t.say("INFO", "CARD fallback swipe")
+                    self.voice.say("INFO", "CARD fallback swipe")
                 else:  # not seated: no chip read, so no step towards fallback
                     self._fail("chip", "insert again")
-                    t.say("INFO", "CARD insert again", what="card_insert_again",
-                          chip_failures=txn.chip_failures, shallow=True)
+                    self.voice.say("INFO", "CARD insert again", what="card_insert_again",
+                                   chip_failures=txn.chip_failures, shallow=True)
                 continue
             mode = MODE_OF.get(ev.kind)
             if mode is None:
                 continue  # removed
             if mode == "chip" and txn.fallback:
-                t.say("INFO", "CARD fallback swipe")  # the chip had its chances
+                self.voice.say("INFO", "CARD fallback swipe")  # the chip had its chances
                 continue
             modes = ev.card.profile.entry_modes
             if mode != "chip" and mode not in modes:
                 self._fail(mode, f"card does not support {mode}")
                 continue
             if (mode == "swipe" and ev.card.is_chip_card and not txn.fallback
-                    and not t.sim.swipe_chip_cards):
+                    and not self.sim.swipe_chip_cards):
                 self._fail(mode, "use chip")
                 continue
-            t.say("INFO", f"CARD present mode={mode}")
-            await asyncio.sleep(t.delay_s(t.sim.card_read))
+            self.voice.say("INFO", f"CARD present mode={mode}")
+            await asyncio.sleep(self.delays.draw_s(self.sim.card_read))
             try:
                 data = self._read(ev, mode, txn)
             except CardReadError as e:
@@ -243,36 +259,35 @@ class Transactions:
                 continue
             if txn.cancelled:
                 raise Finished("failed", "CX", "cancelled")
-            t.say("INFO", f"CARD read mode={data.mode} pan={data.masked_pan}", what="card_read",
-                  mode=data.mode, pan=data.masked_pan, aid=data.aid)
+            self.voice.say("INFO", f"CARD read mode={data.mode} pan={data.masked_pan}", what="card_read",
+                           mode=data.mode, pan=data.masked_pan, aid=data.aid)
             return data
 
     def _fail(self, mode: str, reason: str) -> None:
-        self.t.say("WARN", f"CARD fail reason={reason}", what="card_fail", mode=mode, reason=reason)
+        self.voice.say("WARN", f"CARD fail reason={reason}", what="card_fail", mode=mode, reason=reason)
 
     def _chip_failed(self, txn: Txn) -> None:
         """One more failed chip read: insert again, or (after ``sim.chip_fallback_after``) swipe."""
-        t = self.t
         txn.chip_failures += 1
-        due = txn.chip_failures >= t.sim.chip_fallback_after
-        if due and not t.quirk("no_fallback", skipped="fallback", chip_failures=txn.chip_failures):
+        due = txn.chip_failures >= self.sim.chip_fallback_after
+        if due and not self.voice.quirk("no_fallback", skipped="fallback", chip_failures=txn.chip_failures):
             txn.fallback = True
-            t.say("INFO", "CARD fallback swipe", what="card_fallback", chip_failures=txn.chip_failures)
+            self.voice.say("INFO", "CARD fallback swipe", what="card_fallback", chip_failures=txn.chip_failures)
         else:
-            t.say("INFO", "CARD insert again", what="card_insert_again", chip_failures=txn.chip_failures)
+            self.voice.say("INFO", "CARD insert again", what="card_insert_again", chip_failures=txn.chip_failures)
 
     def _read(self, ev: CardEvent, mode: str, txn: Txn) -> CardData:
-        t, p = self.t, ev.card.profile
+        p = ev.card.profile
         if mode == "swipe":
             speed = ev.speed_mm_s or 0.0
-            if not t.sim.swipe_speed_min_mm_s <= speed <= t.sim.swipe_speed_max_mm_s:
+            if not self.sim.swipe_speed_min_mm_s <= speed <= self.sim.swipe_speed_max_mm_s:
                 raise CardReadError("swipe again")
             if ev.card.fault == "bad_lrc":
                 raise CardReadError("bad LRC, swipe again")
             fallback = txn.fallback and ev.card.is_chip_card
             return CardData(cup_txn.FALLBACK if fallback else "swipe", p.pan, p.track2)
         if mode == "chip":
-            if t.world is not None and t.world.inserted(t.name) is not ev.card:
+            if self.world is not None and self.world.inserted(self.name) is not ev.card:
                 raise CardReadError("card removed")
             if not p.aids or "chip" not in p.entry_modes:
                 raise CardReadError("no chip, swipe")
@@ -286,9 +301,8 @@ class Transactions:
 
     # --- online -------------------------------------------------------------------------------
     def _request(self, txn: Txn, card: CardData | None, stan: str) -> Message:
-        t = self.t
-        ids: dict[str, Any] = {"stan": stan, "terminal_id": t.tcfg.terminal_id,
-                               "merchant_id": t.tcfg.merchant_id, "batch": t.batch}
+        ids: dict[str, Any] = {"stan": stan, "terminal_id": self.tcfg.terminal_id,
+                               "merchant_id": self.tcfg.merchant_id, "batch": self.memory.batch}
         if txn.kind == "settle":
             totals = cup_txn.SettlementTotals(
                 sum(1 for e in self.batch if e.kind == "sale" and not e.voided),
@@ -310,10 +324,9 @@ class Transactions:
         return build(**ids, amount_minor=txn.amount or 0)
 
     async def _online(self, txn: Txn, card: CardData | None) -> Finished:
-        t = self.t
-        stan = t.next_stan()
+        stan = self.memory.next_stan()
         msg = self._request(txn, card, stan)
-        t.say("INFO", f"AUTH req stan={stan}")
+        self.voice.say("INFO", f"AUTH req stan={stan}")
         reversible = txn.kind in REVERSIBLE
 
         def store() -> None:
@@ -328,12 +341,11 @@ class Transactions:
             return Finished("failed", rc, reason, stan=stan)
         rsp = reply.msg
         rc = str(rsp.get("39", "")).strip()
-        t.record("auth_rsp_received", reply.rx.stamp, stan=stan, rc=rc, mac_ok=reply.mac_ok,
-                 clock=reply.rx.clock)
+        self.voice.record("auth_rsp_received", reply.rx.stamp, stan=stan, rc=rc, mac_ok=reply.mac_ok)
         if reversible and self.reversal is not None and self.reversal.get("11") == stan:
             self._clear_reversal()
-        t.say("INFO", f"AUTH rsp rc={rc}")
-        await asyncio.sleep(t.delay_s(t.sim.result_display))
+        self.voice.say("INFO", f"AUTH rsp rc={rc}")
+        await asyncio.sleep(self.delays.draw_s(self.sim.result_display))
         if not reply.mac_ok:
             if reversible and rc == cup_txn.APPROVED:  # approved but untrusted: take it back
                 self._store_reversal(cup_txn.reversal_request(msg, "A0"))
@@ -352,7 +364,7 @@ class Transactions:
             extra["settle"] = {"1": "balanced", "2": "unbalanced"}.get(
                 cup_txn.settlement_result(rsp) or "", "unknown")
             self.batch.clear()
-            t.batch = t.batch % 999_999 + 1
+            self.memory.batch = self.memory.batch % 999_999 + 1
         return Finished("approved", rc, **extra)
 
     def _result(self, txn: Txn, f: Finished) -> None:
@@ -364,51 +376,53 @@ class Transactions:
                       if f.data.get(k) is not None]
         text = " ".join(words)
         self.last_result = text
-        self.t.say("INFO" if f.status == "approved" else "WARN", text, what="result", status=f.status,
-                   rc=f.rc, type=txn.kind, amount=txn.amount, reason=f.reason or None, **f.data)
+        self.voice.say("INFO" if f.status == "approved" else "WARN", text, what="result", status=f.status,
+                       rc=f.rc, type=txn.kind, amount=txn.amount, reason=f.reason or None, **f.data)
 
     # --- reversal -----------------------------------------------------------------------------
     def _store_reversal(self, rev: Message) -> None:
-        if self.t.quirk("no_reversal", skipped="store reversal", stan=rev.get("11")):
+        if self.voice.quirk("no_reversal", skipped="store reversal", stan=rev.get("11")):
             return
-        self.reversal, self.reversal_left = rev, 1 + self.t.sim.reversal_retries
+        self.reversal, self.reversal_left = rev, 1 + self.sim.reversal_retries
 
     def _clear_reversal(self) -> None:
         self.reversal, self.reversal_left = None, 0
 
     async def _send_reversal(self) -> None:
-        t = self.t
-        if self.reversal is not None and t.quirk("no_reversal", skipped="send reversal",
+        if self.reversal is not None and self.voice.quirk("no_reversal", skipped="send reversal",
                                                   stan=self.reversal.get("11")):
             return
         while self.reversal is not None and self.reversal_left > 0:
             rev = self.reversal
             stan = str(rev.get("11"))
             self.reversal_left -= 1
-            outcome, reply = await self._exchange(rev, "reversal_sent", {"stan": stan, "reason": rev.get("39")},
-                                                  after_send=lambda s=stan: t.say("INFO", f"REVERSAL sent stan={s}"))
+            outcome, reply = await self._exchange(
+                rev, "reversal_sent", {"stan": stan, "reason": rev.get("39")},
+                after_send=lambda s=stan: self.voice.say("INFO", f"REVERSAL sent stan={s}"))
             if reply is not None and reply.mac_ok:
                 rc = str(reply.msg.get("39", "")).strip()
                 self._clear_reversal()
-                t.record("reversal_ok", reply.rx.stamp, stan=stan, rc=rc, clock=reply.rx.clock)
-                t.say("INFO", f"REVERSAL ok stan={stan} rc={rc}")
+                self.voice.record("reversal_ok", reply.rx.stamp, stan=stan, rc=rc)
+                self.voice.say("INFO", f"REVERSAL ok stan={stan} rc={rc}")
                 return
-            t.say("WARN", f"REVERSAL fail stan={stan} reason={'MAC error' if reply else outcome}")
+            self.voice.say("WARN", f"REVERSAL fail stan={stan} reason={'MAC error' if reply else outcome}")
         if self.reversal is not None:
-            t.say("ERROR", f"REVERSAL giveup stan={self.reversal.get('11')}")
+            self.voice.say("ERROR", f"REVERSAL giveup stan={self.reversal.get('11')}")
             self._clear_reversal()
 
     async def _exchange(self, msg: Message, sent_what: str, sent_data: dict[str, Any], *,
                         before_send: Callable[[], None] | None = None,
                         after_send: Callable[[], None] | None = None) -> tuple[str, Reply | None]:
-        t = self.t
-        if t.keys is None:
+        keys = self.memory.keys
+        if keys is None:
             return "protocol", None
 
-        def sent(stamp: Stamp) -> None:
-            t.record(sent_what, stamp, **sent_data)
+        def sent(stamp: WireStamp) -> None:
+            self.voice.record(sent_what, stamp, **sent_data)
             if after_send is not None:
                 after_send()
 
-        return await exchange(*t.host_addr, msg, mak8=t.keys.mak8, timeout_s=t.sim.auth_timeout_ms / 1000.0,
-                              on_sent=sent, before_send=before_send, netns=t.netns)
+        r = self.route
+        return await exchange(r.host, r.port, msg, mak8=keys.mak8,
+                              timeout_s=self.sim.auth_timeout_ms / 1000.0,
+                              on_sent=sent, before_send=before_send, netns=r.netns)

@@ -14,7 +14,6 @@ several queries in one line are joined with ``;``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import re
@@ -22,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from .wire import Conn, LineTooLong, WireStamp
 
 log = logging.getLogger(__name__)
 
@@ -322,45 +323,33 @@ class CommandTable(Generic[C]):
 
 # --- raw socket ------------------------------------------------------------------------------
 
-async def serve_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      process: Callable[[str], str | None], on_overrun: Callable[[], None]) -> None:
-    """Serve one client: each ``\\n``-terminated line to ``process``, its reply back + ``\\n``.
+async def serve_lines(conn: Conn, process: Callable[[str, WireStamp], str | None],
+                      on_overrun: Callable[[], None]) -> None:
+    """Serve one client: each ``\\n``-terminated line to ``process`` with the kernel's receive
+    stamp of the segment that completed it, its reply back + ``\\n``.
 
-    The stream's limit bounds a line; a longer one is skipped and ``on_overrun`` called.
-    Returns when the client leaves or the task is cancelled; always closes the writer.
+    A line over :data:`MAX_LINE` is skipped and ``on_overrun`` called; a partial line at the end
+    of the stream is dropped. Returns when the client leaves or the task is cancelled; always
+    closes the connection.
     """
-    peer = writer.get_extra_info("peername")
-    log.debug("SCPI client %s connected", peer)
+    log.debug("SCPI client %s connected", conn.peer)
     try:
         while True:
             try:
-                raw = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as e:
-                await _skip_line(reader, e.consumed)
+                raw, rx = await conn.readline(MAX_LINE, b"\n")
+            except LineTooLong:
                 on_overrun()
                 continue
-            except asyncio.IncompleteReadError:
+            if not raw.endswith(b"\n"):
                 break
-            reply = process(raw.decode("utf-8", errors="replace").strip("\r\n\x00 "))
+            reply = process(raw.decode("utf-8", errors="replace").strip("\r\n\x00 "), rx)
             if reply is not None:
-                writer.write(reply.encode() + b"\n")
-                await writer.drain()
+                conn.write(reply.encode() + b"\n")
+                await conn.drain()
     except (ConnectionError, OSError) as e:
-        log.debug("SCPI client %s: %s", peer, e)
+        log.debug("SCPI client %s: %s", conn.peer, e)
     except asyncio.CancelledError:
         pass
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        log.debug("SCPI client %s gone", peer)
-
-
-async def _skip_line(reader: asyncio.StreamReader, consumed: int) -> None:
-    await reader.readexactly(consumed)
-    while True:
-        try:
-            await reader.readuntil(b"\n")
-            return
-        except asyncio.LimitOverrunError as e:
-            await reader.readexactly(e.consumed)
+        conn.close()
+        log.debug("SCPI client %s gone", conn.peer)

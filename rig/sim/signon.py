@@ -1,8 +1,9 @@
 """One sign-on exchange of a virtual terminal: connect, send 0800, read 0810, check keys.
 
-Every I/O boundary is reported through ``on_io(what, stamp, data)``: connect and send are
-stamped right after the call returned, the 0810 with the kernel receive stamp of its last
-segment (``clock: "kernel"`` in its data; see :mod:`rig.sim.hostlink`), so the caller can
+Every I/O boundary is reported through ``on_io(what, stamp, data)``: the connect stamped by the
+loop's thread right after it returned, the 0800 with the kernel's transmit stamp of its last
+segment, the 0810 with the kernel's receive stamp of its last segment (each
+:class:`rig.sim.wire.WireStamp` says its clock; see :mod:`rig.sim.hostlink`), so the caller can
 write its truth journal without re-stamping.
 """
 
@@ -14,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.clock import Stamp, now
 from ..core.errors import ProtocolError
 from ..iso8583 import framing, get_dialect, keys
 from .hostlink import HostLink
+from .wire import WireStamp, thread_stamp
 
 log = logging.getLogger(__name__)
 
-OnIo = Callable[[str, Stamp, dict[str, Any]], None]
+OnIo = Callable[[str, WireStamp, dict[str, Any]], None]
 
 # Terminal-side result codes for failures that carry no host response code.
 RC_NO_RESPONSE = "98"  # timeout / connection closed without a reply (as CUP terminals show it)
@@ -53,7 +54,7 @@ async def exchange(host: str, port: int, request: dict[str, Any], *, tmk: bytes,
         return SignonOutcome(False, RC_NO_RESPONSE, "timeout", detail="connect timed out")
     except OSError as e:
         return SignonOutcome(False, RC_NO_CONNECTION, "refused", detail=str(e))
-    on_io("host_connect", now(), {"peer": link.peer, "local": link.local})
+    on_io("host_connect", thread_stamp(), {"peer": link.peer, "local": link.local})
     try:
         sent = await link.send(framing.frame(dialect.encode(request)))
         on_io("signon_req_sent", sent, {"stan": stan, "key_mode": key_mode})
@@ -67,10 +68,10 @@ async def exchange(host: str, port: int, request: dict[str, Any], *, tmk: bytes,
             rsp = dialect.decode(rx.body)
         except ProtocolError as e:
             on_io("signon_rsp_received", rx.stamp,
-                  {"stan": stan, "rc": None, "error": str(e), "clock": rx.clock})
+                  {"stan": stan, "rc": None, "error": str(e)})
             return SignonOutcome(False, RC_PROTOCOL, "protocol", detail=str(e))
         rc = str(rsp.get("39", "")).strip()
-        on_io("signon_rsp_received", rx.stamp, {"stan": str(rsp.get("11", "")), "rc": rc, "clock": rx.clock})
+        on_io("signon_rsp_received", rx.stamp, {"stan": str(rsp.get("11", "")), "rc": rc})
         return _check(rsp, rc, stan, tmk, key_mode)
     except (ProtocolError, OSError) as e:
         return SignonOutcome(False, RC_PROTOCOL if isinstance(e, ProtocolError) else RC_NO_RESPONSE,

@@ -2,12 +2,17 @@
 
 It lives on the lab's asyncio loop. Its console and ECR ports are TCP line servers that
 listen whether or not it has power (like USB-serial adapters). Every simulated delay is
-drawn from the configured distribution and multiplied by ``sim.time_scale`` (back-offs too).
-The sign-on timeout is not scaled: it bounds how long the terminal tolerates the outside world
-(network, host, fault proxy), which runs in real time. Every step is written to the truth
-journal, stamped right after the I/O call returned (host replies: the kernel's receive stamp).
-Card transactions (ECR ``SALE`` ...) live in :mod:`rig.sim.sale`; card events come from the
-lab's :class:`rig.sim.world.CardWorld`. With ``sim.netns`` its host connections (sign-on and
+drawn from the configured distribution and multiplied by ``sim.time_scale`` (back-offs too);
+boot counts from the power-on stamp. The sign-on timeout is not scaled: it bounds how long the
+terminal tolerates the outside world (network, host, fault proxy), which runs in real time.
+Every step is written to the truth journal with the kernel's stamp at the socket it crossed
+(:mod:`rig.sim.wire`): power on/off with the receive stamp of the SCPI line that switched the
+output, console lines (boot, login, READY, …) with the transmit stamp of their write to the
+console port, the 0800 with its transmit stamp, the 0810 with its receive stamp, ECR commands
+(``ecr_cmd``) and replies (``ecr_reply``) likewise; ``clock`` in each entry says which.
+Card transactions (ECR ``SALE`` ...) live in :mod:`rig.sim.sale`, which sees only the parts
+the terminal lends it (:mod:`rig.sim.parts`); card events come from the lab's
+:class:`rig.sim.world.CardWorld`. With ``sim.netns`` its host connections (sign-on and
 sales) start inside the lab's network namespace and leave through its veth; console and ECR
 stay where they are.
 
@@ -26,25 +31,27 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
+import re
 from collections.abc import Coroutine
 from enum import StrEnum
 from typing import Any
 
-from ..config import Distribution, SimConfig, TerminalConfig
-from ..core.clock import Stamp, now
+from ..config import SimConfig, TerminalConfig
 from ..iso8583 import cup
 from ..iso8583.keys import WorkingKeys
 from . import signon
 from .journal import TruthJournal
 from .lines import LineServer, parse_hostport, parse_socket_url
-from .sale import COMMANDS, Transactions
+from .parts import Delays, HostRoute, Memory, Voice
+from .sale import COMMANDS, SaleContext, Transactions
+from .wire import WireStamp, thread_stamp
 from .world import CardEvent, CardWorld
 
 log = logging.getLogger(__name__)
 
 
 QUIRKS = ("no_reversal", "no_resignon", "no_retry", "no_fallback", "ignore_login")
+_LOGIN_PASSWORD = re.compile(r"^(\s*LOGIN\s+\S+\s+)\S+", re.IGNORECASE)
 
 
 class TerminalState(StrEnum):
@@ -65,29 +72,35 @@ class VirtualTerminal:
         self.tcfg = tcfg
         self.sim = sim
         self.journal = journal
-        self.rng = rng
         self.state = TerminalState.OFF
-        self.keys: WorkingKeys | None = None  # working keys of the last good sign-on
-        self.stan = 0  # last STAN used (kept across power cycles, like a terminal's NVRAM)
-        self.batch = 1
+        self.memory = Memory()  # STAN, batch, working keys: kept across power cycles
+        self.rng = rng
+        self.delays = Delays(sim, rng)
         self._tmk = bytes.fromhex(tcfg.tmk)
-        self.host_addr = parse_hostport(tcfg.host_path)
-        self.netns = netns  # the network namespace it dials the host from (sim.netns)
+        self.route = HostRoute(*parse_hostport(tcfg.host_path), netns=netns)
         self._task: asyncio.Task[None] | None = None
         self._login = asyncio.Event()
-        self._boot_ns = 0
-        self.console = LineServer(f"{name} console")
-        self.ecr = LineServer(f"{name} ecr", self._on_ecr)
-        self.world: CardWorld | None = None  # set by the lab when it has a card robot
-        self.txns = Transactions(self)
+        self.console = LineServer(f"{name} console", tx_stamps=True)
+        self.ecr = LineServer(f"{name} ecr", self._on_ecr, tx_stamps=True, on_reply=self._ecr_replied)
         self.quirks: set[str] = set()  # see QUIRKS
+        self.voice = Voice(name, self.console, journal, self.quirks)
+        self.txns = Transactions(SaleContext(
+            self.voice, self.memory, self.delays, tcfg, self.route,
+            is_ready=lambda: self.ready, on_mac_error=self.sign_on_again))
 
-    def quirk(self, name: str, **data: object) -> bool:
-        """Whether quirk ``name`` is on; when it is, journal its effect (``quirk_effect``)."""
-        if name not in self.quirks:
-            return False
-        self.journal.record(self.name, "quirk_effect", quirk=name, **data)
-        return True
+    @property
+    def keys(self) -> WorkingKeys | None:
+        """The working keys of the last good sign-on."""
+        return self.memory.keys
+
+    @property
+    def world(self) -> CardWorld | None:
+        """The lab's card world (set by the lab when it has a card robot)."""
+        return self.txns.world
+
+    @world.setter
+    def world(self, world: CardWorld | None) -> None:
+        self.txns.world = world
 
     # --- lifecycle of the servers -------------------------------------------------------------
     async def start(self) -> None:
@@ -100,28 +113,37 @@ class VirtualTerminal:
     async def stop(self) -> None:
         """Stop the simulation and close the ports (no journal entry: the lab went away)."""
         self.state = TerminalState.OFF
+        self.voice.on = False
         self.txns.power_off()
         await self._cancel()
         await self.console.stop()
         await self.ecr.stop()
 
     # --- power --------------------------------------------------------------------------------
-    def power(self, on: bool, volts: float) -> None:
-        """The supply changed: on at >= ``sim.min_voltage`` boots, anything else is off."""
+    def power(self, on: bool, volts: float, at: WireStamp | None = None) -> None:
+        """The supply changed: on at >= ``sim.min_voltage`` boots, anything else is off.
+
+        ``at``: when the SCPI line that switched the output arrived (the kernel's receive
+        stamp); without it, now (``thread``). Boot counts from it; the journal entry's
+        ``lag_us`` is how much later the lab's loop got to switch.
+        """
         live = on and volts >= self.sim.min_voltage
         if live == (self.state is not TerminalState.OFF):
             return
-        stamp = now()
+        here = thread_stamp()
+        stamp = at or here
+        lag_us = (here.mono_ns - stamp.mono_ns) // 1000  # the lab's loop: line arrived -> switched
         if live:
-            self._boot_ns = stamp.mono_ns
+            self.voice.on, self.voice.boot_ns = True, stamp.mono_ns
             self._login = asyncio.Event()
             self.state = TerminalState.BOOTING
-            self.journal.record(self.name, "power_on", stamp, volts=volts)
+            self.journal.record(self.name, "power_on", stamp, volts=volts, lag_us=lag_us)
             self._spawn(self._life())
         else:
             self.state = TerminalState.OFF
+            self.voice.on = False
             self.txns.power_off()
-            self.journal.record(self.name, "power_off", stamp, volts=volts,
+            self.journal.record(self.name, "power_off", stamp, volts=volts, lag_us=lag_us,
                                 reason="output off" if not on else "brownout")
             if self._task is not None:
                 self._task.cancel()
@@ -144,11 +166,6 @@ class VirtualTerminal:
         if self.state is not TerminalState.OFF:
             self.txns.card_event(ev)
 
-    def next_stan(self) -> str:
-        """The next STAN (1..999999, then 1 again), as 6 digits."""
-        self.stan = self.stan % 999_999 + 1
-        return f"{self.stan:06d}"
-
     def sign_on_again(self) -> None:
         """Start a fresh sign-on (after a MAC error), unless off or already signing on."""
         if self.state not in (TerminalState.OFF, TerminalState.SIGNON):
@@ -157,18 +174,18 @@ class VirtualTerminal:
 
     # --- the terminal's life after power on -----------------------------------------------------
     async def _life(self) -> None:
-        await self._sleep(self.sim.boot)
+        await self.delays.sleep(self.sim.boot, since_ns=self.voice.boot_ns)
         self.state = TerminalState.LOGIN
         self.say("INFO", "BOOT done", what="boot_done")
         if self.tcfg.auto_login:
             with contextlib.suppress(TimeoutError):  # an ECR LOGIN may come first
-                await asyncio.wait_for(self._login.wait(), self.delay_s(self.sim.login))
+                await asyncio.wait_for(self._login.wait(), self.delays.draw_s(self.sim.login))
         else:
             await self._login.wait()
         op = self.tcfg.operator.id
         self.state = TerminalState.SIGNON
         self.say("INFO", f"LOGIN ok op={op}", what="login", op=op)
-        await self._sleep(self.sim.clock_sync)
+        await self.delays.sleep(self.sim.clock_sync)
         self.say("INFO", "CLOCK sync", what="clock_sync")
         await self._signon()
 
@@ -178,9 +195,9 @@ class VirtualTerminal:
             self.say("INFO", f"SIGNON start attempt={n}")
             out = await self._attempt()
             if out.ok:
-                self.keys = out.keys
-                self.say("INFO", "SIGNON ok", what="signon_ok", attempt=n, stan=f"{self.stan:06d}")
-                await self._sleep(self.sim.ready)
+                self.memory.keys = out.keys
+                self.say("INFO", "SIGNON ok", what="signon_ok", attempt=n, stan=f"{self.memory.stan:06d}")
+                await self.delays.sleep(self.sim.ready)
                 self.state = TerminalState.READY
                 self.say("INFO", "READY", what="ready")
                 return
@@ -190,35 +207,38 @@ class VirtualTerminal:
             if n < attempts:
                 if self.quirk("no_retry", skipped="sign-on retries", attempt=n):
                     break
-                await self._sleep_ms(self._backoff_ms(n - 1))
+                await self.delays.sleep_ms(self._backoff_ms(n - 1))
         self.state = TerminalState.NOT_SIGNED_ON
-        self.keys = None
+        self.memory.keys = None
         self.say("ERROR", "SIGNON giveup")
 
     async def _attempt(self) -> signon.SignonOutcome:
         request = cup.signon_request(
-            stan=self.next_stan(), terminal_id=self.tcfg.terminal_id,
-            merchant_id=self.tcfg.merchant_id, batch=f"{self.batch:06d}",
+            stan=self.memory.next_stan(), terminal_id=self.tcfg.terminal_id,
+            merchant_id=self.tcfg.merchant_id, batch=f"{self.memory.batch:06d}",
             key_mode=self.tcfg.key_mode, operator=self.tcfg.operator.id)
         try:
             return await signon.exchange(
-                *self.host_addr, request, tmk=self._tmk, key_mode=self.tcfg.key_mode,
+                self.route.host, self.route.port, request, tmk=self._tmk, key_mode=self.tcfg.key_mode,
                 timeout_s=self.sim.signon_timeout_ms / 1000.0,
-                on_io=self._journal_io, netns=self.netns)
+                on_io=self._journal_io, netns=self.route.netns)
         except Exception as e:  # a bug must not kill the terminal silently
             log.exception("%s: sign-on exchange failed", self.name)
             return signon.SignonOutcome(False, signon.RC_PROTOCOL, "error", detail=repr(e))
 
-    def _journal_io(self, what: str, stamp: Stamp, data: dict[str, object]) -> None:
-        self.record(what, stamp, **data)
-
-    def record(self, what: str, stamp: Stamp, **data: object) -> None:
-        """Journal an I/O boundary stamped by the caller (nothing while off)."""
-        if self.state is not TerminalState.OFF:
-            self.journal.record(self.name, what, stamp, **data)
+    def _journal_io(self, what: str, stamp: WireStamp, data: dict[str, object]) -> None:
+        self.voice.record(what, stamp, **data)
 
     # --- ECR ----------------------------------------------------------------------------------
-    def _on_ecr(self, line: str) -> str:
+    def _on_ecr(self, line: str, rx: WireStamp) -> str:
+        """One ECR command (journaled as ``ecr_cmd`` when it arrived, the password masked)."""
+        self.journal.record(self.name, "ecr_cmd", rx, line=_LOGIN_PASSWORD.sub(r"\1****", line))
+        return self._ecr(line)
+
+    def _ecr_replied(self, reply: str, tx: WireStamp) -> None:
+        self.journal.record(self.name, "ecr_reply", tx, line=reply)
+
+    def _ecr(self, line: str) -> str:
         parts = line.split()
         cmd = parts[0].upper()
         st = self.state
@@ -283,25 +303,12 @@ class VirtualTerminal:
                 await task
 
     def say(self, level: str, text: str, what: str | None = None, **data: object) -> None:
-        """Write one console line to every client, then journal it (and ``what``, if given)."""
-        if self.state is TerminalState.OFF:
-            return
-        uptime_ms = (time.monotonic_ns() - self._boot_ns) // 1_000_000
-        line = f"{uptime_ms} {level} {text}"
-        self.console.broadcast(line)
-        stamp = now()
-        self.journal.record(self.name, "console", stamp, line=line)
-        if what is not None:
-            self.journal.record(self.name, what, stamp, **data)
+        """One console line, journaled when it left (see :meth:`rig.sim.parts.Voice.say`)."""
+        self.voice.say(level, text, what, **data)
 
-    def delay_s(self, dist: Distribution) -> float:
-        return dist.draw(self.rng) * self.sim.time_scale / 1000.0
-
-    async def _sleep(self, dist: Distribution) -> None:
-        await asyncio.sleep(self.delay_s(dist))
-
-    async def _sleep_ms(self, ms: float) -> None:
-        await asyncio.sleep(ms * self.sim.time_scale / 1000.0)
+    def quirk(self, name: str, **data: object) -> bool:
+        """Whether quirk ``name`` is on (journaling its effect when it is)."""
+        return self.voice.quirk(name, **data)
 
     def _backoff_ms(self, i: int) -> float:
         b = self.sim.backoff_ms

@@ -36,9 +36,10 @@ from typing import Any, Literal, Protocol
 from ..cards.emv import EmvCard
 from ..cards.profiles import CARDS_DIR, CardProfile, load_cards
 from ..config import Point, RobotLayout, SimConfig, Stations
-from ..core.clock import ClockSource, Stamp, WallToMono
+from ..core.clock import ClockSource, Stamp
 from ..core.errors import ConfigError
 from .journal import TruthJournal
+from .wire import MAPPER
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ CARD_FAULTS = ("mute", "corrupt_record", "bad_lrc")
 CORRUPT_RECORD = bytes.fromhex("7081FF5A0862") + b"\x90\x00"
 SW_OK = b"\x90\x00"
 Vec = Sequence[float]
-_MAPPER = WallToMono()
 
 
 class Segment(Protocol):
@@ -140,7 +140,7 @@ def _xyz(p: Point) -> tuple[float, float, float]:
 
 
 def _stamp(mono_ns: int) -> Stamp:
-    return Stamp(mono_ns, mono_ns + _MAPPER.offset_ns())
+    return Stamp(mono_ns, mono_ns + MAPPER.offset_ns())
 
 
 class CardWorld:

@@ -82,7 +82,8 @@ def test_ctrl_c_leaves_safe_state_and_marks_cycle(lab_proc, lab_file, tmp_path):
     assert "interrupted" in err
     assert all(s in ("0", "OFF") for s in _outputs(lab_file))
     con = open_readonly(db)
-    assert con.execute("SELECT state FROM runs").fetchone()[0] == "interrupted"
+    # the CLI's own run (the service's run, id 1, goes on)
+    assert con.execute("SELECT state FROM runs ORDER BY id DESC").fetchone()[0] == "interrupted"
     states = [r[0] for r in con.execute("SELECT state FROM cycles")]
     assert "started" not in states
     assert states.count("aborted") >= 1

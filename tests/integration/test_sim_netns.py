@@ -119,6 +119,10 @@ def test_signon_and_sale_go_through_the_veth_and_the_namespace_goes_with_the_rig
         assert conn["local"].startswith(f"{net}.1.2:")
         assert conn["peer"] == cfg.terminals["T1"].host_path == (
             f"{net}.1.1:{cfg.terminals['T1'].host_path.rsplit(':', 1)[1]}")
+        # through the veth the kernel still stamps both ways
+        last = {e["what"]: e for e in truth.read(rig.journal_path) if e.get("terminal") == "T1"}
+        assert last["signon_req_sent"]["clock"] == "kernel_tx"
+        assert last["signon_rsp_received"]["clock"] == "kernel_rx"
         # a sale dials from the namespace as well: a reject on t1's path (rlab1 + .1.2 + the
         # proxy port) stops its 0200; from the lab's own namespace it would pass. (Today the
         # rig's Reject, direction both, also drops its own resets on the way out, so the

@@ -14,6 +14,7 @@ import pytest
 
 from rig.iso8583 import cup_txn
 from rig.sim import VirtualLab, read_journal
+from rig.sim.journal import LINE_KINDS
 from tests.labcfg import virtual_config
 from tests.simkit import OPEN, CardMoves, FakeHost, Grbl, Lines, Scpi
 
@@ -50,7 +51,7 @@ class Bench:
 
     def whats(self, since: int = 0) -> list[str]:
         return [e["what"] for e in self.lab.journal.entries("T1")
-                if e["what"] != "console" and e["mono_ns"] >= since]
+                if e["what"] not in LINE_KINDS and e["mono_ns"] >= since]
 
 
 @pytest.fixture(autouse=True)
@@ -126,10 +127,13 @@ def test_chip_sale_approved_with_field55_and_truth(bench: Any) -> None:
     assert whats == ["sale_start", "card_inserted", "card_read", "auth_req_sent", "auth_rsp_received",
                      "result", "card_removed"]
     mine = [e for e in b.lab.journal.entries("T1") if e["mono_ns"] >= t0]
-    stamps = [e["mono_ns"] for e in mine]
+    stamps = [e["mono_ns"] for e in mine if not e["what"].startswith("ecr_")]
     assert stamps == sorted(stamps)
     by = {e["what"]: e for e in mine}
-    assert by["auth_rsp_received"]["clock"] == "kernel" and by["auth_rsp_received"]["rc"] == "00"
+    assert by["auth_rsp_received"]["clock"] == "kernel_rx" and by["auth_rsp_received"]["rc"] == "00"
+    assert by["auth_req_sent"]["clock"] == "kernel_tx" and by["result"]["clock"] == "kernel_tx"
+    ecr = [(e["what"], e["line"], e["clock"]) for e in mine if e["what"].startswith("ecr_")]
+    assert ecr[:2] == [("ecr_cmd", "SALE 100", "kernel_rx"), ("ecr_reply", "OK SALE started", "kernel_tx")]
     assert by["card_inserted"]["clock"] == "sim" and by["card_inserted"]["card"] == "cup_debit"
     assert by["auth_req_sent"]["mono_ns"] < by["auth_rsp_received"]["mono_ns"] < by["result"]["mono_ns"]
     result_line = next(e for e in mine if e["what"] == "console" and "RESULT" in e["line"])
@@ -138,7 +142,10 @@ def test_chip_sale_approved_with_field55_and_truth(bench: Any) -> None:
     # nothing secret reaches the journal: no full PAN, no track 2
     text = b.lab.journal_path.read_text()
     assert CUP_DEBIT_PAN not in text and "=3012" not in text
-    assert read_journal(b.lab.journal_path)[-1]["what"] in ("card_removed", "card_returned")
+    last = [e for e in read_journal(b.lab.journal_path) if e["what"] not in LINE_KINDS][-1]
+    assert last["what"] in ("card_removed", "card_returned")
+    lines = [e for e in b.lab.journal.entries(what="robot_line") if e["mono_ns"] >= t0]
+    assert lines and all(e["clock"] == "kernel_rx" for e in lines)
 
 
 def test_swipe_speed_window(bench: Any) -> None:
@@ -290,7 +297,7 @@ def test_void_balance_settle(bench: Any) -> None:
     assert void["61"] == "000001000002" and void["4"] == "000000000100"
     totals, _ = cup_txn.parse_totals(settle["48"])
     assert (totals.debit_count, totals.debit_minor) == (1, 200)
-    assert b.lab.terminals["T1"].batch == 2
+    assert b.lab.terminals["T1"].memory.batch == 2
 
 
 def test_cards_are_physical(bench: Any) -> None:

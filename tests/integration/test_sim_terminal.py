@@ -13,6 +13,7 @@ import pytest
 
 from rig.iso8583 import cup
 from rig.sim import TruthJournal, VirtualLab, read_journal
+from rig.sim.journal import LINE_KINDS
 from tests.labcfg import virtual_config
 from tests.simkit import OPEN, FakeHost, Lines, Scpi
 
@@ -42,10 +43,10 @@ def events(lines: list[str]) -> list[str]:
 
 
 def whats(journal: TruthJournal, terminal: str, last: str | None = None) -> list[str]:
-    """The terminal's journal ``what``s (consoles left out), after ``last`` was recorded."""
+    """The terminal's journal ``what``s (line I/O left out), after ``last`` was recorded."""
     if last is not None:
         assert journal.wait_for(lambda e: e["terminal"] == terminal and e["what"] == last, 2.0)
-    return [e["what"] for e in journal.entries(terminal) if e["what"] != "console"]
+    return [e["what"] for e in journal.entries(terminal) if e["what"] not in LINE_KINDS]
 
 
 @pytest.fixture
