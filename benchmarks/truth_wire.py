@@ -13,8 +13,9 @@ raw SCPI, READY awaited on each console), then matches frames to journal entries
   copy, stamped when ``lo`` delivered it);
 - ``console line``: each ``console`` entry (boot, login, READY…) vs its line leaving the
   console port (outgoing copy);
-- ``OUTP ON``: ``power_on`` vs the SCPI line that switched the output arriving at the virtual
-  PSU (incoming copy).
+- ``OUTP ON``: the ``power_on`` entry's ``cmd_rx_*`` stamp vs the SCPI line that switched the
+  output arriving at the virtual PSU (incoming copy). The output itself switches ``lag_us``
+  later, when the lab executes the line (that is the ``power_on`` truth boot counts from).
 
 Prints p50 / p99 / max of (truth − wire) in µs per kind, on the journal's monotonic timeline
 (capture stamps mapped with the same wall↔mono offset method the lab uses) and, for kernel
@@ -370,8 +371,9 @@ def main() -> int:
 
     for name, walls in outp_on.items():
         ons = [e for e in entries if e["what"] == "power_on" and e["terminal"] == name]
-        for e, wall in zip(ons, walls, strict=False):
-            add("OUTP ON", e, wall)
+        for e, wall in zip(ons, walls, strict=False):  # the command's arrival, kept apart
+            add("OUTP ON", {"mono_ns": e["cmd_rx_mono_ns"], "wall_ns": e["cmd_rx_wall_ns"],
+                            "clock": e["cmd_clock"]}, wall)
 
     sent = sum(1 for e in entries if e["what"] == "signon_req_sent")
     print(f"truth vs wire: virtual lab, {len(cfg.terminals)} terminals x {args.cycles} sign-ons "

@@ -123,28 +123,31 @@ class VirtualTerminal:
     def power(self, on: bool, volts: float, at: WireStamp | None = None) -> None:
         """The supply changed: on at >= ``sim.min_voltage`` boots, anything else is off.
 
-        ``at``: when the SCPI line that switched the output arrived (the kernel's receive
-        stamp); without it, now (``thread``). Boot counts from it; the journal entry's
-        ``lag_us`` is how much later the lab's loop got to switch.
+        The output switches when the lab's PSU executes the command, as a real supply switches
+        after parsing it: that moment is the truth (``clock: thread`` — the lab's own action,
+        no socket involved) and boot counts from it. ``at`` is when the SCPI line arrived (the
+        kernel's receive stamp), kept as ``cmd_rx_*``; ``lag_us`` is the gap between the two.
         """
         live = on and volts >= self.sim.min_voltage
         if live == (self.state is not TerminalState.OFF):
             return
-        here = thread_stamp()
-        stamp = at or here
-        lag_us = (here.mono_ns - stamp.mono_ns) // 1000  # the lab's loop: line arrived -> switched
+        stamp = thread_stamp()
+        rx = at or stamp
+        lag_us = (stamp.mono_ns - rx.mono_ns) // 1000  # the lab's loop: line arrived -> switched
+        cmd = {"cmd_rx_mono_ns": rx.mono_ns, "cmd_rx_wall_ns": rx.wall_ns, "cmd_clock": rx.clock,
+               "lag_us": lag_us}
         if live:
             self.voice.on, self.voice.boot_ns = True, stamp.mono_ns
             self._login = asyncio.Event()
             self.state = TerminalState.BOOTING
-            self.journal.record(self.name, "power_on", stamp, volts=volts, lag_us=lag_us)
+            self.journal.record(self.name, "power_on", stamp, volts=volts, **cmd)
             self._spawn(self._life())
         else:
             self.state = TerminalState.OFF
             self.voice.on = False
             self.txns.power_off()
-            self.journal.record(self.name, "power_off", stamp, volts=volts, lag_us=lag_us,
-                                reason="output off" if not on else "brownout")
+            self.journal.record(self.name, "power_off", stamp, volts=volts,
+                                reason="output off" if not on else "brownout", **cmd)
             if self._task is not None:
                 self._task.cancel()
                 self._task = None
