@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..analysis.metrics import SignOn
 from ..core.clock import Deadline
-from ..core.errors import TerminalError, TestError
+from ..core.errors import InfrastructureError, TerminalError, TestError
 from ..faults.schedule import is_giveup
 from ..timeline.events import EventKind
 from .cycles import TerminalCycle
@@ -44,9 +44,24 @@ def power_cycle(hw: Hardware, tc: TerminalCycle, run_id: int, off_s: float | Non
     return power_on(hw, tc, run_id, owner)
 
 
+CONSOLE_GRACE_S = 2.0  # a console port that dropped gets this long to come back
+
+
+def check_console(hw: Hardware, terminal: str) -> None:
+    """A terminal whose console is configured but not connected cannot be timed: say so
+    (an infrastructure error of this terminal), rather than report figures without it."""
+    reader = hw.consoles.get(terminal)
+    if reader is None or reader.connected:
+        return
+    if not reader.wait_connected(CONSOLE_GRACE_S):
+        raise InfrastructureError(f"{terminal}: its console {reader.url} is not connected; "
+                                  f"is the cable or the terminal server port right?")
+
+
 def wait_ready(hw: Hardware, tc: TerminalCycle, timeout_s: float) -> str | None:
     """Wait for READY (or the terminal giving up); log in over ECR when it asks. Returns an
     error text on time-out, None otherwise."""
+    check_console(hw, tc.terminal)
     deadline = Deadline(timeout_s)
     logged_in = hw.cfg.terminals[tc.terminal].auto_login
     error = None

@@ -49,6 +49,10 @@ class ConsoleReader:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the port to be open; whether it is."""
+        return self._connected.wait(timeout_s)
+
     def stop(self) -> None:
         self._stop.set()
         port = self._port
