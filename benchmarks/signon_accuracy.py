@@ -54,7 +54,7 @@ def bench_config(tmp: Path, terminals: int) -> Path:
                  host_path=host)
         d["power"]["channel"] = i
         if t not in base.terminals:
-            d["tid"] = f"{int(d['tid']) + i:08d}" if str(d.get("tid", "")).isdigit() else d["tid"]
+            d["terminal_id"] = f"{10000000 + i:08d}"
         terms[t] = d
     raw = base.model_dump(mode="json")
     raw["terminals"] = terms
