@@ -132,7 +132,8 @@ def enable_tx_timestamps(sock: socket.socket) -> bool:
     return True
 
 
-def _tx_wall_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+def tx_wall_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The software TX stamp (ts[0]) in an SCM_TIMESTAMPING message from the error queue."""
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(data) >= _TIMESPEC.size:
             sec, nsec = _TIMESPEC.unpack_from(data)  # ts[0]: the software stamp
@@ -165,7 +166,7 @@ def send_stamped(sock: socket.socket, data: bytes, mapper: WallToMono,
                 continue
             except OSError:
                 break
-            wall = _tx_wall_ns(anc)
+            wall = tx_wall_ns(anc)
             if wall is not None:
                 best = wall if best is None else max(best, wall)
     finally:

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from ..core.clock import WallToMono, now
 from ..core.netstamp import (
     ANC_SPACE,
-    SO_TIMESTAMPING,
     enable_rx_timestamps,
     enable_tx_timestamps,
     kernel_wall_ns,
+    tx_wall_ns,
 )
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,6 @@ def earliest(stamps: Iterable[WireStamp]) -> WireStamp | None:
     kernel = [s for s in items if s.clock != THREAD]
     pool = kernel or items
     return min(pool, key=lambda s: s.mono_ns) if pool else None
-
-
-def _tx_wall_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    """The software stamp (ts[0]) of an SCM_TIMESTAMPING control message."""
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(data) >= _TIMESPEC.size:
-            sec, nsec = _TIMESPEC.unpack_from(data)
-            if sec or nsec:
-                return int(sec) * 1_000_000_000 + int(nsec)
-    return None
 
 
 @dataclass(slots=True)
@@ -354,7 +344,7 @@ class Conn:
                 return
             except OSError:
                 return
-            wall = _tx_wall_ns(anc)
+            wall = tx_wall_ns(anc)
             if wall is not None:
                 self._tx_walls.append(wall)
 
