@@ -131,6 +131,153 @@ def serve(what: Annotated[str, typer.Argument(
                                  delete_config=delete_config))
 
 
+# --- soak campaigns ------------------------------------------------------------------------------
+soak_app = typer.Typer(no_args_is_help=True, help="Overnight soak campaigns (run in the service).")
+app.add_typer(soak_app, name="soak")
+
+
+def _service_of(lab_config: str | Path):
+    """(base URL, headers) of the lab's rig service, starting one if none runs."""
+    from .client import connect
+
+    info, _path, _cfg = connect(lab_config, results=state.results)
+    headers = {"authorization": f"Bearer {info['token']}"} if "token" in info else {}
+    return info["url"], headers
+
+
+def _api(lab_config: str | Path, method: str, path: str, body: Any = None) -> Any:
+    import httpx
+
+    from .service import codec
+
+    url, headers = _service_of(lab_config)
+    r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=60.0)
+    data = r.json()
+    if r.status_code >= 400:
+        raise codec.error_from_wire(data)
+    return data
+
+
+def _follow(lab_config: str | Path, run_id: int, as_json: bool) -> dict[str, Any]:
+    """Live progress of a campaign until it ends; Ctrl-C asks it to stop safely."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    st: dict[str, Any] = {}
+    stopping = False
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
+                  disable=as_json, transient=False) as bar:
+        task = bar.add_task(f"campaign run {run_id}", total=None, info="")
+        while True:
+            try:
+                st = _api(lab_config, "GET", f"/v1/campaigns/{run_id}")
+                done = st["completed"] + st["failed"] + st["aborted"]
+                health = " ".join(f"{w['terminal']}:{w['health']}"
+                                  + (f"({w['state']})" if w["state"] not in ("running", "done")
+                                     else "") for w in st.get("terminals", []))
+                bar.update(task, total=st.get("planned"), completed=done,
+                           info=f"failed {st['failed']} aborted {st['aborted']}  {health}")
+                if st["state"] != "running":
+                    break
+                time.sleep(1.0)
+            except KeyboardInterrupt:
+                if stopping:
+                    raise
+                stopping = True
+                err.print("stopping the campaign safely (Ctrl-C again leaves it running)...")
+                _api(lab_config, "POST", f"/v1/campaigns/{run_id}/stop")
+    return st
+
+
+@soak_app.command("plan")
+def soak_plan(campaign: Annotated[str, typer.Argument(help="campaign file")],
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Dry run: the expanded matrix, chunks and estimated duration; no hardware touched."""
+    from .soak import load_campaign, plan
+
+    p = plan(load_campaign(campaign))
+    d = p.as_dict()
+    if as_json:
+        out.print_json(json.dumps(d, default=str))
+        return
+    out.print(repr(p), highlight=False)
+    table = Table("case", "kind", "share", "what")
+    for c in d["cases"]:
+        table.add_row(c["id"], c["kind"], f"{c['share']:.0%}", c["what"])
+    out.print(table)
+
+
+@soak_app.command("run")
+def soak_run(campaign: Annotated[str, typer.Argument(help="campaign file")],
+             detach: Annotated[bool, typer.Option("--detach", help="return at once")] = False,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Submit a campaign to the lab's rig service and follow it (Ctrl-C stops it safely)."""
+    from .soak import load_campaign
+
+    c = load_campaign(campaign)
+    lab = c.lab_path()
+    st = _api(lab, "POST", "/v1/campaigns", {"path": str(Path(campaign).resolve())})
+    run_id = st["run_id"]
+    if detach:
+        out.print_json(json.dumps(st)) if as_json else out.print(
+            f"campaign {c.name} runs as run {run_id}; `rig soak list`, `rig soak stop {run_id}`")
+        return
+    st = _follow(lab, run_id, as_json)
+    _soak_summary(st, as_json)
+    if st["state"] == "stopped":
+        raise typer.Exit(130)
+    if st["state"] == "failed":
+        raise typer.Exit(1)
+
+
+def _soak_summary(st: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(st, default=str))
+        return
+    out.print(f"campaign {st['campaign']} run {st['run_id']} ({st['label']}): {st['state']}, "
+              f"{st['completed']} completed, {st['failed']} failed, {st['aborted']} aborted"
+              + (f" of {st['planned']}" if st.get("planned") else ""), highlight=False)
+
+
+@soak_app.command("list")
+def soak_list(config: ConfigOpt = DEFAULT_CONFIG,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The lab's campaign runs with their counts."""
+    rows = _api(config, "GET", "/v1/campaigns")
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table("run", "campaign", "label", "state", "planned", "completed", "failed",
+                  "aborted")
+    for r in rows:
+        table.add_row(str(r["run_id"]), r["campaign"], r["label"], r["state"],
+                      str(r["planned"] or "-"), str(r["completed"]), str(r["failed"]),
+                      str(r["aborted"]))
+    out.print(table)
+
+
+@soak_app.command("resume")
+def soak_resume(run: Annotated[int, typer.Argument(help="campaign run id")],
+                config: ConfigOpt = DEFAULT_CONFIG,
+                detach: Annotated[bool, typer.Option("--detach")] = False,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Continue a stopped or interrupted campaign at its next planned cycle."""
+    st = _api(config, "POST", f"/v1/campaigns/{run}/resume")
+    if not detach:
+        st = _follow(config, run, as_json)
+    _soak_summary(st, as_json)
+
+
+@soak_app.command("stop")
+def soak_stop(run: Annotated[int, typer.Argument(help="campaign run id")],
+              config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Stop a campaign safely (steps aborted, faults undone, safe power); resumable."""
+    _api(config, "POST", f"/v1/campaigns/{run}/stop")
+    while (st := _api(config, "GET", f"/v1/campaigns/{run}"))["state"] == "running":
+        time.sleep(0.5)
+    _soak_summary(st, False)
+
+
 # --- lab / host ---------------------------------------------------------------------------------
 @lab_app.command("up")
 def lab_up(config: Annotated[str, typer.Argument(help="lab config")] = DEFAULT_CONFIG,
@@ -500,9 +647,9 @@ def _fault_clear(config: str, as_json: bool) -> None:
         return
     for pid in sorted(asked):
         out.print(f"asked pid {pid} to release its faults")
-    for line in undone:
+    for line in result["undone"]:
         out.print(f"undid: {line}", highlight=False)
-    if not asked and not undone:
+    if not result["stopped_pids"] and not result["undone"]:
         out.print("nothing to clear")
 
 
@@ -585,3 +732,72 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- stored runs: list and export (analysis) --------------------------------------------------------
+def _store_path(config: str, db: str | None) -> Path:
+    """``--db`` if given, else ``<results>/<lab>.db`` of the lab config."""
+    if db:
+        return Path(db)
+    from .config import load_lab
+    from .control.bench import results_dir
+
+    return results_dir(state.results) / f"{load_lab(config).name}.db"
+
+
+@app.command()
+def runs(config: ConfigOpt = DEFAULT_CONFIG,
+         db: Annotated[str | None, typer.Option(help="store file (default: <results>/<lab>.db)")]
+         = None,
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The store's runs: label, state, when, how many cycles succeeded."""
+    from .analysis.load import list_runs
+
+    df = list_runs(_store_path(config, db))
+    if as_json:
+        rows = []
+        for r in df.to_dict("records"):
+            r["started"] = None if r["started"] is None or r["started"] != r["started"] else (
+                r["started"].isoformat())
+            r["ended"] = None if r["ended"] is None or r["ended"] != r["ended"] else (
+                r["ended"].isoformat())
+            rows.append({k: (None if v is None or v is __import__("pandas").NA or (
+                isinstance(v, float) and math.isnan(v)) else v) for k, v in r.items()})
+        sys.stdout.write(json.dumps(rows, default=str) + "\n")
+        return
+    t = Table(title=f"runs in {_store_path(config, db)}")
+    for col in ("run", "label", "state", "started (UTC)", "duration", "cycles", "ok", "failed",
+                "aborted", "sales", "events"):
+        t.add_column(col, justify="right" if col not in ("label", "state") else "left")
+    for r in df.itertuples():
+        state_txt = str(r.state) + (" (process gone)" if r.state == "running" and r.alive is
+                                    False else "")
+        started = "-" if r.started is None or r.started != r.started else r.started.strftime(
+            "%Y-%m-%d %H:%M:%S")
+        t.add_row(str(r.run_id), str(r.label or ""), state_txt, started,
+                  "-" if r.duration_s != r.duration_s else f"{r.duration_s:.0f} s",
+                  str(r.cycles), str(r.ok), str(r.failed), str(r.aborted), str(r.sales),
+                  str(r.events))
+    out.print(t)
+
+
+@app.command("export")
+def export_cmd(run: Annotated[str, typer.Argument(help="run id, or a label (its newest run)")],
+               parquet: Annotated[str, typer.Option("--parquet", help="directory to write")],
+               config: ConfigOpt = DEFAULT_CONFIG,
+               db: Annotated[str | None, typer.Option(help="store file (default: "
+                                                           "<results>/<lab>.db)")] = None,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Write a run's tables (run, cycles with every figure, events, sales, faults, current)
+    as Parquet files, the config snapshot (secrets masked) in their metadata."""
+    from .analysis.load import load_run
+
+    data = load_run(_store_path(config, db), int(run) if run.lstrip("-").isdigit() else run)
+    paths = data.to_parquet(parquet)
+    if as_json:
+        sys.stdout.write(json.dumps({"run_id": data.run_id, "files": [str(p) for p in paths]})
+                         + "\n")
+        return
+    for p in paths:
+        out.print(str(p), highlight=False)
+    out.print(f"run {data.run_id}: {len(data.cycles)} cycles, {len(data.sales)} sales exported")

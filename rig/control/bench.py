@@ -220,6 +220,11 @@ class Bench:
         self._stack.callback(os.unlink, name)
         return Path(name)
 
+    def begin_run(self, label: str | None, kind: str, client: dict[str, Any] | None = None) -> int:
+        """A new run in the store (a client session's, a campaign's), with the lab's config
+        snapshot and clock notes."""
+        return self._begin_run(label, kind, client)
+
     def _begin_run(self, label: str | None, kind: str, client: dict[str, Any] | None = None) -> int:
         w2m = WallToMono()
         return self.store.begin_run(
@@ -245,12 +250,15 @@ class Bench:
 
     # --- sessions -----------------------------------------------------------------------------
     def session(self, *, label: str | None = None, owner: str | None = None,
-                client: dict[str, Any] | None = None, own_run: bool = True) -> Session:
-        """A new session: its own run in the store (``own_run``) or the bench's run."""
+                client: dict[str, Any] | None = None, own_run: bool = True,
+                run_id: int | None = None) -> Session:
+        """A new session: its own new run (``own_run``), an existing run (``run_id``: a
+        campaign resumed), or the bench's run."""
         if self._closed:
             raise TestError("this bench is closed")
         owner = owner or f"session-{uuid.uuid4().hex[:8]}"
-        run_id = self._begin_run(label, "session", client) if own_run else self.run_id
+        if run_id is None:
+            run_id = self._begin_run(label, "session", client) if own_run else self.run_id
         s = Session(self.hw, self.cycles, run_id, owner=owner, label=label,
                     journal_path=self.journal_path, results=self.results,
                     on_close=self._session_closed if own_run else None)

@@ -206,11 +206,13 @@ class Session:
         with self._use(terminal):
             return run_recovery(self, terminal, fault, during=during, timeout_s=timeout_s)
 
-    def scenario(self, sc: Any, terminal: str) -> Any:
-        """Run a scenario (:class:`~rig.faults.scenarios.Scenario`) and judge it: a Verdict."""
+    def scenario(self, sc: Any, terminal: str, pick: bool = True) -> Any:
+        """Run a scenario (:class:`~rig.faults.scenarios.Scenario`) and judge it: a Verdict.
+        ``pick``: a case that needs a manual login may move to a terminal that has one."""
         from .scenario import pick_terminal, run_scenario
 
-        terminal = pick_terminal(self, sc, terminal)
+        if pick:
+            terminal = pick_terminal(self, sc, terminal)
         with self._use(terminal):
             return run_scenario(self, sc, terminal)
 

@@ -132,6 +132,26 @@ def make_app(hub: Hub, token: str | None = None) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    @app.get("/v1/campaigns")
+    def campaigns() -> list[dict[str, Any]]:
+        return hub.list_campaigns()
+
+    @app.post("/v1/campaigns")
+    def start_campaign(body: JsonBody) -> dict[str, Any]:
+        return hub.start_campaign(str(body["path"]))
+
+    @app.get("/v1/campaigns/{run_id}")
+    def campaign(run_id: int) -> dict[str, Any]:
+        return hub.campaign_status(run_id)
+
+    @app.post("/v1/campaigns/{run_id}/stop")
+    def stop_campaign(run_id: int) -> dict[str, Any]:
+        return hub.stop_campaign(run_id)
+
+    @app.post("/v1/campaigns/{run_id}/resume")
+    def resume_campaign(run_id: int) -> dict[str, Any]:
+        return hub.start_campaign(resume=run_id)
+
     @app.post("/v1/shutdown")
     def shutdown() -> dict[str, Any]:
         hub.stopping.set()

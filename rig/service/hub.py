@@ -129,6 +129,7 @@ class Hub:
         self.bus = EventBus()
         self.bench.recorder.add_listener(self.bus.publish)
         self.clients: dict[str, Client] = {}
+        self.campaigns: dict[int, Any] = {}  # run id -> rig.soak.runner.CampaignRun
         self._lock = threading.Lock()
         self._last_active = time.monotonic()
         self.stopping = threading.Event()
@@ -194,7 +195,10 @@ class Hub:
                     except Exception:
                         log.exception("closing %s", c.who)
             with self._lock:
-                idle = not self.clients and now - self._last_active > self.idle_s
+                busy = any(not c.done for c in self.campaigns.values())
+                if busy:
+                    self._last_active = now
+                idle = not self.clients and not busy and now - self._last_active > self.idle_s
             if self.idle_s > 0 and idle:
                 log.info("idle for %.0f s with no client: exiting", self.idle_s)
                 self.stopping.set()
@@ -322,7 +326,112 @@ class Hub:
                 "clients": clients, "leases": [x.as_dict() for x in self.leases.all()],
                 "terminals": terminals}
 
+    # --- campaigns ----------------------------------------------------------------------------
+    def start_campaign(self, path: str | None = None, *, resume: int | None = None) -> dict[str, Any]:
+        """Run a campaign file (``path``), or resume the campaign of run ``resume``."""
+        import json
+
+        from ..soak.campaign import Campaign, load_campaign
+        from ..soak.runner import CampaignRun
+
+        store = self.bench.store
+        if resume is not None:
+            cur = self.campaigns.get(resume)
+            if cur is not None and not cur.done:
+                raise TestError(f"campaign run {resume} is running already")
+            rows = store.query("SELECT campaign_json, source, state FROM campaigns "
+                               "WHERE run_id=?", (resume,))
+            if not rows:
+                raise TestError(f"run {resume} is not a campaign of this lab's store")
+            if rows[0]["state"] == "completed":
+                raise TestError(f"campaign run {resume} completed; nothing to resume")
+            campaign = Campaign.model_validate(json.loads(rows[0]["campaign_json"]))
+            if rows[0]["source"]:
+                campaign._source = Path(rows[0]["source"])
+            run_id = resume
+            store.set_campaign_state(run_id, "running")
+        else:
+            if path is None:
+                raise TestError("give a campaign file")
+            campaign = load_campaign(path)
+        lab = campaign.lab_config()
+        if lab.name != self.cfg.name:
+            raise TestError(f"campaign {campaign.name} is for lab {lab.name}; this service runs "
+                            f"lab {self.cfg.name}")
+        if resume is None:
+            terminals = campaign.terminal_names(self.cfg)
+            run_id = self.bench.begin_run(campaign.label, "campaign",
+                                          {"campaign": campaign.name, "source": str(path)})
+            from ..soak.plan import plan as make_plan
+
+            store.add_campaign(run_id, name=campaign.name, label=campaign.label,
+                               source=str(Path(path).resolve()) if path else None,
+                               campaign=campaign.model_dump(mode="json"), terminals=terminals,
+                               planned=make_plan(campaign, lab=self.cfg).cycles_per_terminal)
+        holder = f"campaign-{run_id}"
+        who = f"campaign {campaign.name} (run {run_id})"
+        held: dict[str, Any] = {}
+
+        def acquire(t: str) -> None:
+            held[t] = self.leases.acquire(holder, who, [t], note=campaign.label, run_id=run_id)
+
+        def release(t: str) -> None:
+            lease = held.pop(t, None)
+            if lease is not None:
+                self.leases.release(lease, "campaign ended")
+
+        run = CampaignRun(self.bench, campaign, run_id, acquire=acquire, release=release)
+        with self._lock:
+            self.campaigns[run_id] = run
+            self._last_active = time.monotonic()
+        run.start()
+        return run.status()
+
+    def campaign_status(self, run_id: int) -> dict[str, Any]:
+        run = self.campaigns.get(run_id)
+        if run is not None:
+            return run.status()
+        rows = self.bench.store.query("SELECT run_id FROM campaigns WHERE run_id=?", (run_id,))
+        if not rows:
+            raise TestError(f"no campaign run {run_id} in this lab's store")
+        return next(c for c in self.list_campaigns() if c["run_id"] == run_id)
+
+    def list_campaigns(self) -> list[dict[str, Any]]:
+        """Every campaign of the store, with its counts; live status for running ones."""
+        out = []
+        for r in self.bench.store.query(
+                "SELECT c.run_id, c.name, c.label, c.state, c.planned, c.terminals_json, "
+                "(SELECT count(*) FROM soak_cycles s WHERE s.run_id=c.run_id AND "
+                "s.state='completed') AS completed, (SELECT count(*) FROM soak_cycles s WHERE "
+                "s.run_id=c.run_id AND s.state='failed') AS failed, (SELECT count(*) FROM "
+                "soak_cycles s WHERE s.run_id=c.run_id AND s.state='aborted') AS aborted "
+                "FROM campaigns c ORDER BY c.run_id"):
+            import json
+
+            n_terms = len(json.loads(r["terminals_json"]))
+            item = {"run_id": r["run_id"], "campaign": r["name"], "label": r["label"],
+                    "state": r["state"],
+                    "planned": r["planned"] * n_terms if r["planned"] is not None else None,
+                    "completed": r["completed"], "failed": r["failed"], "aborted": r["aborted"]}
+            live = self.campaigns.get(r["run_id"])
+            if live is not None and not live.done:
+                item.update(live.status())
+            out.append(item)
+        return out
+
+    def stop_campaign(self, run_id: int, reason: str = "stopped by request") -> dict[str, Any]:
+        run = self.campaigns.get(run_id)
+        if run is None or run.done:
+            raise TestError(f"campaign run {run_id} is not running")
+        run.stop(reason)
+        return run.status()
+
     def close(self) -> None:
+        for run in list(self.campaigns.values()):
+            if not run.done:
+                run.stop("the rig service is stopping")
+        for run in list(self.campaigns.values()):
+            run.wait(60)
         self.stopping.set()
         for sid in list(self.clients):
             self.close_client(sid, "interrupted", "service stopping")

@@ -62,6 +62,10 @@ class EventKind(StrEnum):
     FAULT_ON = "fault_on"
     FAULT_OFF = "fault_off"
     FAULT_SWEEP = "fault_sweep"
+    # soak campaigns (rig.soak): a terminal's health changed; a worker paused / went on
+    HEALTH = "health"
+    PAUSE = "pause"
+    RESUME = "resume"
     # bookkeeping
     CYCLE_START = "cycle_start"
     CYCLE_END = "cycle_end"

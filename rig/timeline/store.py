@@ -20,7 +20,7 @@ from typing import Any
 from ..core.clock import now
 from ..core.errors import InfrastructureError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: current_samples (a PSU channel's current / voltage trace)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,17 +56,48 @@ CREATE TABLE IF NOT EXISTS sales (
     amount_minor INTEGER, outcome TEXT NOT NULL, rc TEXT, stan TEXT, auth_code TEXT, rrn TEXT,
     pan_masked TEXT, result_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS campaigns (        -- a soak campaign's run (rig.soak)
+    run_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL, label TEXT NOT NULL, source TEXT,
+    campaign_json TEXT NOT NULL,               -- the campaign as validated (replayed on resume)
+    terminals_json TEXT NOT NULL,
+    planned INTEGER,                           -- cycles per terminal; NULL: until stop criteria
+    state TEXT NOT NULL,                       -- running, completed, stopped, interrupted, failed
+    started_wall_ns INTEGER NOT NULL, ended_wall_ns INTEGER, note TEXT
+);
+CREATE TABLE IF NOT EXISTS soak_cycles (       -- one planned (terminal, index) of a campaign
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL, terminal TEXT NOT NULL, idx INTEGER NOT NULL,
+    case_id TEXT NOT NULL,
+    state TEXT NOT NULL,                       -- started, completed, failed, aborted
+    class TEXT,                                -- a failure's class: terminal, infrastructure, test
+    started_wall_ns INTEGER NOT NULL, started_mono_ns INTEGER NOT NULL,
+    ended_wall_ns INTEGER, ended_mono_ns INTEGER,
+    first_cycle_id INTEGER, last_cycle_id INTEGER,  -- the store cycles it made
+    result_json TEXT,
+    UNIQUE (run_id, terminal, idx)
+);
 CREATE TABLE IF NOT EXISTS leases (
     id INTEGER PRIMARY KEY,
     terminal TEXT NOT NULL, holder TEXT NOT NULL, run_id INTEGER, note TEXT,
     since_wall_ns INTEGER NOT NULL, released_wall_ns INTEGER, released_why TEXT
 );
+CREATE TABLE IF NOT EXISTS current_samples (   -- a PSU channel sampled during cycles
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL, cycle_id INTEGER,
+    terminal TEXT NOT NULL, instrument TEXT NOT NULL, channel INTEGER NOT NULL,
+    mono_ns INTEGER NOT NULL, wall_ns INTEGER NOT NULL, clock TEXT NOT NULL,
+    amps REAL, volts REAL                      -- NULL: not measured in this sample
+);
 CREATE INDEX IF NOT EXISTS events_cycle ON events(cycle_id);
+CREATE INDEX IF NOT EXISTS current_run ON current_samples(run_id, terminal, mono_ns);
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, mono_ns);
 CREATE INDEX IF NOT EXISTS cycles_run ON cycles(run_id, terminal, n);
 """
 
 EventRow = tuple[int, int | None, int, int, str, str, str | None, str, str]
+# run_id, cycle_id, terminal, instrument, channel, mono_ns, wall_ns, clock, amps, volts
+CurrentRow = tuple[int, int | None, str, str, int, int, int, str, float | None, float | None]
 
 
 def _json(obj: Any) -> str:
@@ -97,6 +128,10 @@ class Store:
                     [("epoch", uuid.uuid4().hex), ("schema_version", str(SCHEMA_VERSION)),
                      ("created_wall_ns", str(now().wall_ns)), ("host", socket.gethostname())],
                 )
+            elif int(have.get("schema_version", "1")) < SCHEMA_VERSION:
+                # the migration is additive (the tables above, created if missing)
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                                 (str(SCHEMA_VERSION),))
             self._db.execute("COMMIT")
         self._in_tx = False
 
@@ -136,6 +171,12 @@ class Store:
                         "WHERE run_id=? AND state='started'",
                         (_json({"ok": False, "error": "rig process died during the cycle"}), rid),
                     )
+                    self._db.execute(
+                        "UPDATE soak_cycles SET state='aborted', class='infrastructure', "
+                        "result_json=? WHERE run_id=? AND state='started'",
+                        (_json({"error": "rig service died during the cycle"}), rid))
+                    self._db.execute("UPDATE campaigns SET state='interrupted' WHERE run_id=? "
+                                     "AND state='running'", (rid,))
                 self.commit()
             return dead
 
@@ -164,6 +205,8 @@ class Store:
             self._db.execute(
                 "UPDATE cycles SET state='aborted' WHERE run_id=? AND state='started'", (run_id,)
             )
+            self._db.execute("UPDATE soak_cycles SET state='aborted' WHERE run_id=? AND "
+                             "state='started'", (run_id,))
             self.commit()
 
     def start_cycle(self, run_id: int, terminal: str, n: int, kind: str,
@@ -213,6 +256,68 @@ class Store:
                 " clock, data_json) VALUES (?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+
+    def append_current(self, rows: Iterable[CurrentRow]) -> None:
+        """Append current-trace samples (run_id, cycle_id, terminal, instrument, channel,
+        mono_ns, wall_ns, clock, amps, volts) inside the current transaction, like
+        :meth:`append_events`."""
+        with self._lock:
+            self._begin()
+            self._db.executemany(
+                "INSERT INTO current_samples (run_id, cycle_id, terminal, instrument, channel,"
+                " mono_ns, wall_ns, clock, amps, volts) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
+    # --- soak campaigns ---------------------------------------------------------------------
+    def add_campaign(self, run_id: int, *, name: str, label: str, source: str | None,
+                     campaign: Mapping[str, Any], terminals: list[str],
+                     planned: int | None) -> None:
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                "INSERT INTO campaigns (run_id, name, label, source, campaign_json, "
+                "terminals_json, planned, state, started_wall_ns) VALUES (?,?,?,?,?,?,?,?,?)",
+                (run_id, name, label, source, _json(campaign), _json(terminals), planned,
+                 "running", now().wall_ns))
+            self.commit()
+
+    def set_campaign_state(self, run_id: int, state: str, note: str | None = None) -> None:
+        with self._lock:
+            self._begin()
+            ended = None if state == "running" else now().wall_ns
+            self._db.execute("UPDATE campaigns SET state=?, ended_wall_ns=?, note=? "
+                             "WHERE run_id=?", (state, ended, note, run_id))
+            if state == "running":
+                self._db.execute("UPDATE runs SET state='running', pid=?, ended_wall_ns=NULL, "
+                                 "ended_mono_ns=NULL WHERE id=?", (os.getpid(), run_id))
+            self.commit()
+
+    def start_soak_cycle(self, run_id: int, terminal: str, idx: int, case_id: str) -> int | None:
+        """Record that (run, terminal, idx) starts; None if it was recorded before (a resume
+        never runs a planned cycle twice)."""
+        st = now()
+        with self._lock:
+            self._begin()
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO soak_cycles (run_id, terminal, idx, case_id, state, "
+                "started_wall_ns, started_mono_ns) VALUES (?,?,?,?,?,?,?)",
+                (run_id, terminal, idx, case_id, "started", st.wall_ns, st.mono_ns))
+            self.commit()
+            return int(cur.lastrowid) if cur.rowcount else None
+
+    def end_soak_cycle(self, soak_id: int, state: str, result: Mapping[str, Any], *,
+                       cls: str | None = None, first_cycle: int | None = None,
+                       last_cycle: int | None = None) -> None:
+        st = now()
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                "UPDATE soak_cycles SET state=?, class=?, ended_wall_ns=?, ended_mono_ns=?, "
+                "first_cycle_id=?, last_cycle_id=?, result_json=? WHERE id=? AND state='started'",
+                (state, cls, st.wall_ns, st.mono_ns, first_cycle, last_cycle, _json(result),
+                 soak_id))
+            self.commit()
 
     # --- leases ----------------------------------------------------------------------------
     def add_lease(self, terminal: str, holder: str, run_id: int | None, note: str | None) -> int:
