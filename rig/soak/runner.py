@@ -197,7 +197,9 @@ class CampaignRun:
             elif cls == "test":
                 w.state, w.why = "failed", str(result.get("error"))
                 return
-            elif state != "aborted":
+            elif state != "aborted" and not result.get("under_fault"):
+                # a cycle that failed under its case's fault neither counts against the
+                # terminal nor clears its record
                 changed = w.health.cycle(state == "completed")
                 if changed:
                     self._health_event(t, changed, f"{w.health.failures} DUT failures in a row")
