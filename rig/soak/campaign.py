@@ -333,6 +333,9 @@ class Matrix(_Strict):
             if odd:
                 raise ValueError("round_robin weights are whole numbers (a case with weight 2 "
                                  f"comes twice per round); not: {', '.join(odd)}")
+            if sum(c.weight for c in self.cases) > 10_000:
+                raise ValueError("round_robin weights add up to more than 10000 cycles per "
+                                 "round; use smaller weights (only their ratios matter)")
         return self
 
 
@@ -452,7 +455,7 @@ def resolve_lab(lab: str, source: Path | None = None) -> Path:
         tried = ([source.parent / p] if source is not None else []) + [REPO_ROOT / p]
     for cand in tried:
         if cand.is_file():
-            return cand
+            return cand.resolve()
     raise ConfigError(f"lab config {lab!r} not found (looked at {', '.join(map(str, tried))})")
 
 
@@ -535,8 +538,36 @@ def check_campaign(c: Campaign, lab: LabConfig, scenarios: Mapping[str, Scenario
     if c.health.check is not None:
         out += _check_order(c.health.check, ("health", "check"), cyclic=False)
         out += _check_steps(c.health.check, ("health", "check"), lab, cards)
+    names = [t for t in (lab.terminals if c.terminals == "all" else c.terminals)
+             if t in lab.terminals]
     for i, case in enumerate(c.matrix.cases):
-        out += _check_case(case, ("matrix", "cases", i), c.steps, scenarios, cards)
+        loc = ("matrix", "cases", i)
+        problems = _check_case(case, loc, c.steps, scenarios, cards)
+        out += problems
+        if not problems:
+            out += _check_case_lab(case, loc, lab, names, scenarios)
+    return out
+
+
+def _check_case_lab(case: Case, loc: Loc, lab: LabConfig, terminals: list[str],
+                    scenarios: Mapping[str, Scenario]) -> list[tuple[Loc, str]]:
+    """Faults the lab cannot apply: card faults and virtual-only scenarios on a bench, power
+    faults other than a dropout on a relay-powered terminal."""
+    sc = scenarios.get(case.scenario) if case.scenario else None
+    where = (*loc, "scenario") if sc else (*loc, "faults")
+    if sc is not None and "virtual" in sc.needs and not lab.virtual:
+        return [(where, f"scenario {sc.name!r} needs the virtual lab; lab {lab.name} is a bench")]
+    out: list[tuple[Loc, str]] = []
+    for f in case.fault_objects(scenarios):
+        if f.layer == "card" and not lab.virtual:
+            out.append((where, f"fault {f.name} needs the virtual lab's control port; on a "
+                        "bench, put a card with that defect in the magazine"))
+        if f.layer == "power" and not getattr(f, "relay_ok", False):
+            relayed = [t for t in terminals if lab.terminals[t].power.relay is not None]
+            if relayed:
+                out.append((where, f"fault {f.name} needs a PSU channel; "
+                            f"{', '.join(relayed)} {'is' if len(relayed) == 1 else 'are'} "
+                            "powered through a relay (only power_dropout works there)"))
     return out
 
 

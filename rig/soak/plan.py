@@ -394,7 +394,7 @@ class _Timing:
 
 def _scope(f: Fault) -> set[str]:
     """The exchanges a fault's window covers: signon, auth (sales), or both."""
-    if f.during in ("signon",):
+    if f.during == "signon":
         return {"signon"}
     if f.during in ("auth", "sale"):
         return {"auth"}
@@ -434,13 +434,15 @@ class Plan:
         self._offset = {t: members.index(t) if stagger else 0 for t in terminals}
         total = sum(c.weight for c in m.cases)
         scenarios = campaign.scenarios() if any(c.scenario for c in m.cases) else {}
-        self.cases: tuple[PlannedCase, ...] = tuple(
-            PlannedCase(number=i, id=c.id, kind=c.kind,
-                        what=_what(c.kind, fs := tuple(c.fault_objects(scenarios)),
-                                   scenarios.get(c.scenario or ""), c.title),
-                        weight=c.weight, share=c.weight / total, faults=fs,
-                        scenario=scenarios.get(c.scenario or ""), extra_s=c.extra_s)
-            for i, c in enumerate(m.cases))
+        cases = []
+        for i, c in enumerate(m.cases):
+            faults = tuple(c.fault_objects(scenarios))
+            sc = scenarios.get(c.scenario) if c.scenario else None
+            cases.append(PlannedCase(number=i, id=c.id, kind=c.kind,
+                                     what=_what(c.kind, faults, sc, c.title), weight=c.weight,
+                                     share=c.weight / total, faults=faults, scenario=sc,
+                                     extra_s=c.extra_s))
+        self.cases: tuple[PlannedCase, ...] = tuple(cases)
         self._round = smooth_round_robin([int(c.weight) for c in m.cases]) \
             if m.order == "round_robin" else []
         cum, acc = [], 0.0
@@ -593,6 +595,10 @@ class Plan:
         robot_round = sum(mean[t][1] for t in self.terminals)
         round_s = max(max(cycle_s.values()), robot_round)
         notes = list(timing.notes)
+        kernel = [c.id for c in self.cases if any(f.layer == "kernel" for f in c.faults)]
+        if kernel:
+            notes.append(f"cases {', '.join(kernel)} use kernel faults: they need root and the "
+                         "terminals' net_iface / net_addr (sim.netns or bench NICs)")
         if robot_round > max(cycle_s.values()) and robot_round > 0:
             notes.append(f"the shared robot is the bottleneck: {robot_round:.1f} s of robot time "
                          f"per round of {len(self.terminals)} cycles, a terminal's cycle alone "
