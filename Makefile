@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 CONFIG  ?= configs/labs/virtual.yaml
 N       ?= 10
 
-.PHONY: install run test test-unit test-integration bench lint clean
+.PHONY: install run test test-unit test-integration bench lint lab clean
 
 install: $(STAMP)
 
@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml scripts/install-system.sh
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# The main job: a sign-on series on every terminal of the embedded virtual lab.
+# The main job: the demo soak campaign on the embedded virtual lab (4 terminals, sign-on and
+# sales under a small fault matrix, about two minutes), then its morning report.
+CAMPAIGN ?= configs/campaigns/demo.yaml
 run: install
-	$(BIN)/rig signon all -n $(N) --config $(CONFIG)
+	$(BIN)/rig soak run $(CAMPAIGN)
+	$(BIN)/rig report last --config $(CONFIG) --html results/demo-report.html
 
 test: install
 	$(BIN)/ruff check rig tests benchmarks
@@ -38,9 +41,14 @@ bench: install
 	$(BIN)/python benchmarks/proxy_overhead.py
 	$(BIN)/python benchmarks/kernel_faults.py
 	$(BIN)/python benchmarks/truth_wire.py
+	$(BIN)/python benchmarks/analysis_speed.py
 
 lint: install
 	$(BIN)/ruff check rig tests benchmarks
+
+# JupyterLab on notebooks/ with the project's kernel (the venv's python3); RIG_RESULTS as set.
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

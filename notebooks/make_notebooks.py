@@ -253,3 +253,156 @@ if __name__ == "__main__":
     write("01_quickstart.ipynb", quickstart)
     write("02_transactions.ipynb", transactions)
     write("03_faults.ipynb", faults)
+
+
+analysis = [
+    md("""
+# 04 · Analysis: figures with confidence, firmware A against B
+
+Every figure is re-derived from the stored timeline (`load_run`), with one definition shared by
+the live rig, the CLI and this notebook (`docs/timing.md`, `docs/analysis.md`). Here the
+virtual lab plays two firmware versions of the same terminal: **fw-1.4** boots in
+normal(700 ms, 60 ms), **fw-1.5** in normal(780 ms, 60 ms). We run a sign-on series on each
+(`time_scale` 0.5, so a boot takes half as long in real time), then ask what changed and how
+sure we can be.
+"""),
+    code("""
+%matplotlib inline
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if not Path("configs").exists() and Path("../configs").exists():
+    os.chdir("..")
+
+from IPython.display import display
+from rig import compare, list_runs, load_run, open_rig
+from rig.analysis import plots
+from rig.config import load_lab
+from rig.faults import Latency
+
+LAB = "configs/labs/virtual.yaml"
+FIRMWARE = {"fw-1.4": {"dist": "normal", "mean": 700, "sd": 60, "min": 300},
+            "fw-1.5": {"dist": "normal", "mean": 780, "sd": 60, "min": 300}}
+
+
+def lab(boot, seed):
+    return load_lab(LAB, overrides={"sim": {"time_scale": 0.5, "boot": boot, "seed": seed}})
+
+
+def stop_service():
+    # the lab's rig service holds the lab's config; stop it so the next open_rig starts one
+    # with the other firmware's boot distribution
+    subprocess.run([sys.executable, "-m", "rig", "serve", "stop", "--config", LAB], check=False,
+                   capture_output=True)
+"""),
+    md("## Firmware 1.4: a sign-on series, a few cycles under network latency, a few sales"),
+    code("""
+stop_service()
+rig = open_rig(lab(FIRMWARE["fw-1.4"], seed=1), label="fw-1.4")
+rig.signon_series("all", n=25, off_s=0.05, progress=False)
+with rig.fault("T2", Latency(ms=150, during="signon")):
+    rig.signon_series("T2", n=6, off_s=0.05, progress=False)
+for card, entry in [("cup_debit", "chip"), ("visa_credit", "tap"), ("mc_debit", "swipe")]:
+    rig.sale("T1", amount="1.00", card=card, entry=entry)
+run_a_id, db = rig.run_id, rig.store.path
+rig.close()
+"""),
+    md("## Firmware 1.5: the same series on the restarted lab"),
+    code("""
+stop_service()
+rig = open_rig(lab(FIRMWARE["fw-1.5"], seed=2), label="fw-1.5")
+rig.signon_series("all", n=25, off_s=0.05, progress=False)
+run_b_id = rig.run_id
+rig.close()
+list_runs(db)
+"""),
+    md("""
+## One run: cycles, figures, summary with confidence intervals
+
+`run.cycles` has one row per cycle with every figure re-derived from the events, the faults that
+were on during the cycle (`fault_case`), why a figure is missing (`why`) and why a cycle failed
+(`failure`). `run.summary(by=...)` gives p50 / p95 / p99 with bootstrap 95 % intervals and the
+success rate with its Wilson interval.
+"""),
+    code("""
+run_a, run_b = load_run(db, run_a_id), load_run(db, run_b_id)
+run_a
+"""),
+    code("""
+run_a.cycles[["cycle_id", "terminal", "kind", "fault_case", "boot_s", "signon_req_s",
+              "signon_host_s", "ready_s", "card_to_result_s", "ok", "why"]].head(8)
+"""),
+    code("""
+run_a.summary(by=["kind", "fault_case"])
+"""),
+    md("""
+The live rig stored each cycle's figures when the cycle ended (`run.results`); the re-derived
+ones are the same numbers, because both come from `rig.analysis.figures`.
+"""),
+    code("""
+stored = run_a.results.set_index("cycle_id")
+derived = run_a.cycles.set_index("cycle_id")
+signon = derived["kind"] == "signon"
+diff = (stored.loc[signon, "ready_s"] - derived.loc[signon, "ready_s"]).abs().max()
+print(f"largest difference stored vs re-derived ready_s: {diff} s")
+"""),
+    md("## Firmware 1.4 against 1.5"),
+    code("""
+boot = compare(run_a.cycles[run_a.cycles["fault_case"] == "none"], run_b, figure="boot_s",
+               labels=("fw-1.4", "fw-1.5"))
+boot
+"""),
+    code("""
+ready = compare(run_a.cycles[run_a.cycles["fault_case"] == "none"], run_b, figure="ready_s",
+                labels=("fw-1.4", "fw-1.5"))
+print(ready.verdict)
+plots.ecdf({"fw-1.4": run_a.cycles[run_a.cycles["fault_case"] == "none"], "fw-1.5": run_b},
+           "ready_s")
+"""),
+    md("## Under latency: the faulted cycles apart"),
+    code("""
+display(run_a.plot.ecdf("signon_req_s", by="fault_case"))
+run_a.plot.trend("ready_s", by="terminal", window=5)
+"""),
+    md("""
+## The slowest cycles on the timeline
+
+Each phase from power-on to READY as a bar, every event as a tick, fault windows shaded. The
+lower panel is for the PSU current trace of the cycle.
+"""),
+    code("""
+slow = run_b.cycles.nlargest(2, "ready_s")
+for cycle in slow["cycle_id"]:
+    display(run_b.plot.timeline(int(cycle)))
+faulted = run_a.cycles[run_a.cycles["fault_case"] != "none"]["cycle_id"].iloc[0]
+run_a.plot.timeline(int(faulted))
+"""),
+    md("""
+## The current trace of a cycle
+
+`run.current` holds the PSU channel's sampled current and voltage (the `current_samples`
+table). The monitor that samples `MEAS:CURR?` during a cycle is not part of this version, so the
+trace is empty and the timeline's lower panel says so; once it records, the same plot shows
+boot, sign-on and the transaction in the current draw, lined up with the events.
+"""),
+    code("""
+run_a.current
+"""),
+    md("## Failures, and an export for other tools"),
+    code("""
+display(run_a.failures(by="terminal"))
+files = run_a.to_parquet(Path(os.environ.get("RIG_RESULTS", "results")) / "exports")
+[f.name for f in files]
+"""),
+    code("""
+assert boot.detected and boot.shift_s > 0, boot.verdict
+assert run_a.cycles["ok"].all() and run_b.cycles["ok"].all()
+assert (run_a.cycles["fault_case"] != "none").sum() == 6
+assert diff < 1e-9
+"""),
+]
+
+if __name__ == "__main__":
+    write("04_analysis.ipynb", analysis)

@@ -3,6 +3,10 @@
     from rig import open_rig
     rig = open_rig("configs/labs/virtual.yaml")
     rig.power_cycle("T1"); rig.wait_signon("T1")
+
+    from rig import list_runs, load_run, compare
+    run = load_run("results/virtual.db", run_id)   # figures re-derived from the events
+    compare(run_a, run_b, figure="ready_s").verdict
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Rig", "SignOn", "open_rig", "open_local", "load_run", "__version__"]
+__all__ = ["Rig", "SignOn", "open_rig", "open_local", "load_run", "list_runs", "compare",
+           "__version__"]
 
 if TYPE_CHECKING:
-    from .analysis.load import load_run
+    from .analysis.load import list_runs, load_run
     from .analysis.metrics import SignOn
+    from .analysis.stats import compare
     from .client import Rig, open_rig
     from .control.bench import open_local
 
@@ -32,8 +38,12 @@ def __getattr__(name: str) -> Any:  # lazy: `import rig.sim` must not pull in th
         from .analysis.metrics import SignOn
 
         return SignOn
-    if name == "load_run":
-        from .analysis.load import load_run
+    if name in ("load_run", "list_runs"):
+        from .analysis import load
 
-        return load_run
+        return getattr(load, name)
+    if name == "compare":
+        from .analysis.stats import compare
+
+        return compare
     raise AttributeError(name)

@@ -189,6 +189,35 @@ def _follow(lab_config: str | Path, run_id: int, as_json: bool) -> dict[str, Any
     return st
 
 
+@app.command()
+def schedule(what: Annotated[str, typer.Argument(help="a schedule file to install, or 'list' / "
+                                                   "'clear'")],
+             config: ConfigOpt = DEFAULT_CONFIG,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Install cron-style windows in which campaigns run (`rig schedule configs/schedule.yaml`),
+    show them (`rig schedule list`), or remove them all (`rig schedule clear`)."""
+    if what == "clear":
+        got = _api(config, "DELETE", "/v1/schedules")
+        out.print(f"{got['cleared']} schedule(s) removed")
+        return
+    if what == "list":
+        rows = _api(config, "GET", "/v1/schedules")
+    else:
+        from .soak.campaign import load_campaign
+        from .soak.schedule import load_schedule
+
+        lab = load_campaign(load_schedule(what)[0]["campaign"]).lab_path()
+        rows = _api(lab, "POST", "/v1/schedules", {"path": str(Path(what).resolve())})
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table("schedule", "window start", "open for", "campaign", "run", "now")
+    for r in rows:
+        table.add_row(r["name"], r["start"], f"{r['duration_s']:g} s", r["campaign"],
+                      str(r["run_id"] or "-"), r["now"])
+    out.print(table)
+
+
 @soak_app.command("plan")
 def soak_plan(campaign: Annotated[str, typer.Argument(help="campaign file")],
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -276,6 +305,43 @@ def soak_stop(run: Annotated[int, typer.Argument(help="campaign run id")],
     while (st := _api(config, "GET", f"/v1/campaigns/{run}"))["state"] == "running":
         time.sleep(0.5)
     _soak_summary(st, False)
+
+
+@app.command()
+def report(run: Annotated[str, typer.Argument(help="campaign run id, or 'last'")],
+           config: ConfigOpt = DEFAULT_CONFIG,
+           html_path: Annotated[str | None, typer.Option("--html", help="write the morning "
+                                                         "report here (one file)")] = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The morning report of a campaign run: verdict, figures per case and terminal, failures,
+    health; `--html FILE` (self-contained) and/or `--json`. Reads the store only."""
+    from .config import load_lab
+    from .control.bench import results_dir
+    from .core.errors import TestError
+    from .soak.report import build, write_html
+    from .timeline.store import open_readonly
+
+    db = results_dir(state.results) / f"{load_lab(config).name}.db"
+    if run == "last":
+        con = open_readonly(db)
+        row = con.execute("SELECT max(run_id) FROM campaigns").fetchone()
+        con.close()
+        if row[0] is None:
+            raise TestError(f"no campaign run in {db}; run one with `rig soak run`")
+        run_id = int(row[0])
+    else:
+        run_id = int(run)
+    doc = build(db, run_id)
+    if html_path:
+        path = write_html(doc, html_path)
+        if not as_json:
+            out.print(f"report of run {run_id}: {path}", highlight=False)
+    if as_json:
+        out.print_json(json.dumps(doc, default=str))
+    elif not html_path:
+        s = doc["summary"]
+        out.print(f"run {run_id} {doc['campaign']['name']} ({doc['campaign']['label']}): "
+                  f"{s['verdict']}", highlight=False)
 
 
 # --- lab / host ---------------------------------------------------------------------------------
@@ -730,10 +796,6 @@ def main() -> None:
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # --- stored runs: list and export (analysis) --------------------------------------------------------
 def _store_path(config: str, db: str | None) -> Path:
     """``--db`` if given, else ``<results>/<lab>.db`` of the lab config."""
@@ -801,3 +863,7 @@ def export_cmd(run: Annotated[str, typer.Argument(help="run id, or a label (its 
     for p in paths:
         out.print(str(p), highlight=False)
     out.print(f"run {data.run_id}: {len(data.cycles)} cycles, {len(data.sales)} sales exported")
+
+
+if __name__ == "__main__":
+    main()

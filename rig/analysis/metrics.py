@@ -1,18 +1,20 @@
 """Per-cycle figures derived from events (names as in docs/timing.md and DESIGN §4).
 
 Pure functions of a cycle's events, so the live ``Rig`` and ``load_run`` on a stored run derive
-exactly the same numbers.
+exactly the same numbers: both run :func:`rig.analysis.figures.derive_cycles`.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..timeline.events import Event, EventKind
+from ..timeline.events import Event
+from .figures import SIGNON_FIGURES, Columns, derive_cycles
 
-SIGNON_FIGURES = ("boot_s", "signon_req_s", "signon_host_s", "ready_s")
+__all__ = ["SIGNON_FIGURES", "SignOn", "signon_figures", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -32,52 +34,42 @@ class SignOn:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _repr_html_(self) -> str:
+        from .stats import fmt_s
 
-def _s(a: int | None, b: int | None) -> float | None:
-    return None if a is None or b is None else (b - a) / 1e9
+        state = ("<span style='color:#070'>signed on</span>" if self.ok else
+                 f"<span style='color:#b00'>not signed on: {html.escape(str(self.error))}</span>")
+        cells = "".join(f"<tr><th style='text-align:left'>{f}</th><td>{fmt_s(getattr(self, f))}"
+                        f"</td></tr>" for f in SIGNON_FIGURES)
+        return (f"<div><b>{html.escape(self.terminal)}</b> cycle {self.cycle}: {state}, "
+                f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}</div>"
+                f"<table>{cells}</table>")
 
 
-def _first(events: Sequence[Event], kinds: set[EventKind], after: int) -> Event | None:
-    for e in events:
-        if e.kind in kinds and e.mono_ns >= after:
-            return e
-    return None
+def _num(v: Any) -> float | None:
+    return None if v is None or v != v else float(v)  # NaN -> None
 
 
 def signon_figures(terminal: str, cycle: int | None, events: Iterable[Event],
                    has_console: bool = True, error: str | None = None) -> SignOn:
-    """Figures of one cycle from its events (any order)."""
-    evs = sorted(events, key=lambda e: e.mono_ns)
-    on = _first(evs, {EventKind.POWER_ON}, 0)
-    if on is None:
+    """Figures of one cycle from its events (any order): the same derivation as
+    :func:`rig.analysis.figures.figures` on a stored run (one definition)."""
+    cols = Columns.from_events(events)
+    d = derive_cycles(cols, has_console=has_console, explain=False) if cols.C else None
+    if d is None or d["power_on_ns"][0] < 0:
         return SignOn(terminal, cycle, False, error=error or "no power-on in this cycle")
-    t0 = on.mono_ns
-    console = [e for e in evs if e.source.endswith(".console") and e.kind != EventKind.ERROR
-               and e.mono_ns >= t0]
-    connect = _first(evs, {EventKind.HOST_CONNECT}, t0)
-    first = console[0] if has_console and console else connect
-    reqs = [e for e in evs if e.kind == EventKind.SIGNON_REQ and e.mono_ns >= t0]
-    rsps = [e for e in evs if e.kind == EventKind.SIGNON_RSP and e.mono_ns >= t0]
-    ok_rsp = next((r for r in reversed(rsps) if r.data.get("rc") == "00"), None)
-    ok_req = None
-    if ok_rsp is not None:
-        ok_req = next((q for q in reversed(reqs) if q.data.get("stan") == ok_rsp.data.get("stan")
-                       and q.mono_ns <= ok_rsp.mono_ns), None)
-    ready = _first(evs, {EventKind.READY}, t0)
-    signed = _first(evs, {EventKind.SIGNON_OK}, t0)
-    ok = ready is not None and signed is not None
+    ok = bool(d["signon_ok"][0])
     if not ok and error is None:
-        fail = _first(evs, {EventKind.SIGNON_FAIL}, t0)
-        error = fail.data.get("line") if fail else "no READY"  # type: ignore[assignment]
+        error = d["signon_fail_line"][0] if d["signon_fail"][0] else "no READY"
     return SignOn(
         terminal=terminal,
         cycle=cycle,
         ok=ok,
-        boot_s=_s(t0, first.mono_ns if first else None),
-        signon_req_s=_s(t0, reqs[0].mono_ns if reqs else None),
-        signon_host_s=_s(ok_req.mono_ns if ok_req else None, ok_rsp.mono_ns if ok_rsp else None),
-        ready_s=_s(t0, ready.mono_ns if ready else None),
-        attempts=len(reqs),
+        boot_s=_num(d["boot_s"][0]),
+        signon_req_s=_num(d["signon_req_s"][0]),
+        signon_host_s=_num(d["signon_host_s"][0]),
+        ready_s=_num(d["ready_s"][0]),
+        attempts=int(d["attempts"][0]),
         error=None if ok else error,
     )
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..timeline.events import Event, EventKind
+from ..timeline.events import Event
+from .figures import SALE_FIGURES, Columns, derive_cycles
 
-SALE_FIGURES = ("card_to_auth_s", "auth_host_s", "auth_to_result_s", "card_to_result_s",
-                "robot_wait_s")
+__all__ = ["SALE_FIGURES", "SaleResult", "line_fields", "sale_figures"]
 _KV = re.compile(r"(\w+)=(\S+)")
-_RESULT = re.compile(r"RESULT (\w+)")
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,18 @@ class SaleResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _repr_html_(self) -> str:
+        from .stats import fmt_s
 
-def _s(a: Event | None, b: Event | None) -> float | None:
-    return None if a is None or b is None else (b.mono_ns - a.mono_ns) / 1e9
+        colour = "#070" if self.approved else "#b00"
+        head = (f"<b>{html.escape(self.terminal)}</b> {html.escape(self.txn)} "
+                f"<span style='color:{colour}'>{html.escape(self.outcome)}</span>"
+                f" rc={self.rc or '-'} · {html.escape(self.card)} ({self.pan_masked or '-'}) "
+                f"{html.escape(self.entry)}" + (f" · {html.escape(self.error)}" if self.error
+                                                 else ""))
+        cells = "".join(f"<tr><th style='text-align:left'>{f}</th><td>{fmt_s(getattr(self, f))}"
+                        f"</td></tr>" for f in SALE_FIGURES)
+        return f"<div>{head}</div><table>{cells}</table>"
 
 
 def line_fields(ev: Event | None) -> dict[str, str]:
@@ -56,37 +65,19 @@ def line_fields(ev: Event | None) -> dict[str, str]:
     return dict(_KV.findall(str(ev.data.get("line", "")))) if ev else {}
 
 
+def _num(v: Any) -> float | None:
+    return None if v is None or v != v else float(v)  # NaN -> None
+
+
 def sale_figures(events: Iterable[Event]) -> dict[str, Any]:
-    """Figures and result fields of one sale cycle from its events (any order)."""
-    evs = sorted(events, key=lambda e: e.mono_ns)
-    presented = next((e for e in evs if e.kind == EventKind.CARD_PRESENTED), None)
-    after = presented.mono_ns if presented else 0
-    result = next((e for e in evs if e.kind == EventKind.AUTH_RESULT and e.mono_ns >= after), None)
-    fields = line_fields(result)
-    stan = fields.get("stan")
-    reqs = [e for e in evs if e.kind == EventKind.AUTH_REQ and e.mono_ns >= after]
-    req = next((e for e in reqs if stan and e.data.get("stan") == stan), reqs[-1] if reqs else None)
-    rsp = None
-    if req is not None:
-        rsp = next((e for e in evs if e.kind == EventKind.AUTH_RSP and e.mono_ns >= req.mono_ns
-                    and e.data.get("stan") == req.data.get("stan")), None)
-    read = next((e for e in evs if e.kind == EventKind.CARD_READ), None)
-    outcome = None
-    if result is not None:
-        m = _RESULT.search(str(result.data.get("line", "")))
-        outcome = m.group(1) if m else "failed"
-    wait = next((e for e in evs if e.kind == EventKind.ROBOT_WAIT), None)
-    return {
-        "outcome": outcome,
-        "rc": fields.get("rc"),
-        "auth_code": fields.get("auth"),
-        "rrn": fields.get("rrn"),
-        "stan": stan or (req.data.get("stan") if req else None),
-        "pan_masked": line_fields(read).get("pan"),
-        "balance": fields.get("balance"),
-        "card_to_auth_s": _s(presented, req),
-        "auth_host_s": _s(req, rsp),
-        "auth_to_result_s": _s(rsp, result),
-        "card_to_result_s": _s(presented, result),
-        "robot_wait_s": float(wait.data.get("waited_s", 0.0)) if wait else None,  # type: ignore[arg-type]
-    }
+    """Figures and result fields of one sale cycle from its events (any order): the same
+    derivation as :func:`rig.analysis.figures.figures` on a stored run (one definition)."""
+    cols = Columns.from_events(events)
+    if cols.C == 0:
+        return {k: None for k in ("outcome", "rc", "auth_code", "rrn", "stan", "pan_masked",
+                                  "balance", *SALE_FIGURES)}
+    d = derive_cycles(cols, explain=False)
+    out: dict[str, Any] = {k: d[k][0] for k in ("outcome", "rc", "auth_code", "rrn", "stan",
+                                               "pan_masked", "balance")}
+    out.update({f: _num(d[f][0]) for f in SALE_FIGURES})
+    return out

@@ -152,6 +152,18 @@ def make_app(hub: Hub, token: str | None = None) -> FastAPI:
     def resume_campaign(run_id: int) -> dict[str, Any]:
         return hub.start_campaign(resume=run_id)
 
+    @app.get("/v1/schedules")
+    def schedules() -> list[dict[str, Any]]:
+        return hub.scheduler.schedules()
+
+    @app.post("/v1/schedules")
+    def install_schedules(body: JsonBody) -> list[dict[str, Any]]:
+        return hub.install_schedules(str(body["path"]))
+
+    @app.delete("/v1/schedules")
+    def clear_schedules() -> dict[str, Any]:
+        return {"cleared": hub.clear_schedules()}
+
     @app.post("/v1/shutdown")
     def shutdown() -> dict[str, Any]:
         hub.stopping.set()

@@ -135,6 +135,9 @@ class Hub:
         self.stopping = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="service-reaper", daemon=True)
         self._reaper.start()
+        from .scheduler import Scheduler
+
+        self.scheduler = Scheduler(self)
 
     # --- clients ------------------------------------------------------------------------------
     def open_client(self, *, label: str | None, pid: int | None, host: str, user: str,
@@ -195,7 +198,8 @@ class Hub:
                     except Exception:
                         log.exception("closing %s", c.who)
             with self._lock:
-                busy = any(not c.done for c in self.campaigns.values())
+                busy = any(not c.done for c in self.campaigns.values()) or bool(
+                    self.bench.store.query("SELECT 1 FROM schedules LIMIT 1"))
                 if busy:
                     self._last_active = now
                 idle = not self.clients and not busy and now - self._last_active > self.idle_s
@@ -426,7 +430,26 @@ class Hub:
         run.stop(reason)
         return run.status()
 
+    def install_schedules(self, path: str) -> list[dict[str, Any]]:
+        """Install the schedules of a file (each replaces one of the same name)."""
+        from ..soak.campaign import load_campaign
+        from ..soak.schedule import load_schedule
+
+        entries = load_schedule(path)
+        for e in entries:
+            c = load_campaign(e["campaign"])  # checked now, not at the window's start
+            if c.lab_config().name != self.cfg.name:
+                raise TestError(f"schedule {e['name']}: campaign {c.name} is for lab "
+                                f"{c.lab_config().name}; this service runs {self.cfg.name}")
+        for e in entries:
+            self.bench.store.put_schedule(e["name"], e["campaign"], e["start"], e["duration_s"])
+        return self.scheduler.schedules()
+
+    def clear_schedules(self) -> int:
+        return self.bench.store.clear_schedules()
+
     def close(self) -> None:
+        self.scheduler.close()
         for run in list(self.campaigns.values()):
             if not run.done:
                 run.stop("the rig service is stopping")

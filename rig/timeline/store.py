@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS soak_cycles (       -- one planned (terminal, index) 
     result_json TEXT,
     UNIQUE (run_id, terminal, idx)
 );
+CREATE TABLE IF NOT EXISTS schedules (        -- windows in which a campaign runs (rig.soak)
+    name TEXT PRIMARY KEY, campaign TEXT NOT NULL, start TEXT NOT NULL,
+    duration_s REAL NOT NULL, run_id INTEGER, installed_wall_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases (
     id INTEGER PRIMARY KEY,
     terminal TEXT NOT NULL, holder TEXT NOT NULL, run_id INTEGER, note TEXT,
@@ -318,6 +322,27 @@ class Store:
                 (state, cls, st.wall_ns, st.mono_ns, first_cycle, last_cycle, _json(result),
                  soak_id))
             self.commit()
+
+    def put_schedule(self, name: str, campaign: str, start: str, duration_s: float) -> None:
+        with self._lock:
+            self._begin()
+            self._db.execute("INSERT OR REPLACE INTO schedules (name, campaign, start, "
+                             "duration_s, run_id, installed_wall_ns) VALUES (?,?,?,?,NULL,?)",
+                             (name, campaign, start, duration_s, now().wall_ns))
+            self.commit()
+
+    def set_schedule_run(self, name: str, run_id: int) -> None:
+        with self._lock:
+            self._begin()
+            self._db.execute("UPDATE schedules SET run_id=? WHERE name=?", (run_id, name))
+            self.commit()
+
+    def clear_schedules(self) -> int:
+        with self._lock:
+            self._begin()
+            n = self._db.execute("DELETE FROM schedules").rowcount
+            self.commit()
+            return n
 
     # --- leases ----------------------------------------------------------------------------
     def add_lease(self, terminal: str, holder: str, run_id: int | None, note: str | None) -> int:

@@ -122,6 +122,14 @@ def test_campaign_survives_five_kills_and_every_planned_cycle_exists_once(soak, 
         "SELECT state, count(*) FROM soak_cycles WHERE run_id=? GROUP BY state", (run,))}
     assert (st["completed"], st["failed"], st["aborted"]) == (
         counts.get("completed", 0), counts.get("failed", 0), counts.get("aborted", 0))
+    from rig.soak.report import build, render_html
+
+    doc = build(results / "virtual.db", run)  # the morning report counts what the store has
+    assert (doc["summary"]["completed"], doc["summary"]["failed"], doc["summary"]["aborted"]) \
+        == (st["completed"], st["failed"], st["aborted"])
+    assert len(doc["cycles"]) == 40 and doc["summary"]["planned"] == 40
+    page = render_html(doc)
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
 
 
 def test_a_terminal_that_never_signs_on_is_quarantined_while_the_others_finish(
@@ -185,3 +193,82 @@ def test_a_psu_that_disappears_for_a_while_pauses_the_workers_not_dut_failures(
                                        "'resume') ORDER BY seq")]
     assert "pause" in kinds and kinds[-1] == "resume"
     assert all(w["health"] == "good" for w in st["terminals"])
+
+
+def _schedule(tmp: Path, entries: list[tuple[str, Path, str, float]]) -> Path:
+    lines = ["schedules:"]
+    for name, camp, start, dur in entries:
+        lines += [f"  - name: {name}", f"    campaign: {camp}",
+                  f"    window: {{start: '{start}', duration: {dur}}}"]
+    path = tmp / "schedule.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _wait_state(api: Api, run: int, states: set[str], timeout_s: float) -> dict:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        st = api("GET", f"/v1/campaigns/{run}")
+        if st["state"] in states:
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"run {run} never reached {states}: {st}")
+
+
+def test_a_window_that_closes_stops_the_campaign_and_the_next_resumes_it(soak, tmp_path):
+    lab, results, api = soak
+    camp = _campaign(tmp_path, lab, cycles=12)
+    camp.write_text(camp.read_text().replace("  - await_signon: {timeout_s: 5}",
+                                             "  - await_signon: {timeout_s: 5}\n"
+                                             "  - wait: {s: 0.4}"))
+    # a 5 s window every 15 s (croniter's sixth field is seconds)
+    sched = _schedule(tmp_path, [("short", camp, "* * * * * */15", 5)])
+    api("POST", "/v1/schedules", {"path": str(sched)})
+    end = time.monotonic() + 40
+    while time.monotonic() < end and not api("GET", "/v1/schedules")[0]["run_id"]:
+        time.sleep(0.2)
+    run = api("GET", "/v1/schedules")[0]["run_id"]
+    assert run, "the scheduler did not start the campaign in its window"
+    st = _wait_state(api, run, {"stopped"}, 30)
+    assert "window closed" in (st.get("stop_reason") or "")
+    done_then = st["completed"]
+    assert 0 < done_then < 48
+    st = _wait_state(api, run, {"completed"}, 120)  # resumed in the next windows until done
+    api("DELETE", "/v1/schedules")
+    con = open_readonly(results / "virtual.db")
+    keys = con.execute("SELECT terminal, idx FROM soak_cycles WHERE run_id=?", (run,)).fetchall()
+    assert len(keys) == len(set(keys)) == 48
+
+
+def test_two_schedules_never_run_two_campaigns_on_one_terminal(soak, tmp_path):
+    lab, results, api = soak
+    a = _campaign(tmp_path, lab, cycles=4)
+    b = tmp_path / "b.yaml"
+    b.write_text(a.read_text().replace("name: t-soak", "name: t-soak-b"))
+    from datetime import datetime
+
+    now = datetime.now()
+    daily = f"{now.minute} {now.hour} * * *"  # a window that opened this minute, for an hour
+    sched = _schedule(tmp_path, [("a", a, daily, 3600), ("b", b, daily, 3600)])
+    api("POST", "/v1/schedules", {"path": str(sched)})
+    end = time.monotonic() + 90
+    runs: list[int] = []
+    while time.monotonic() < end:
+        rows = api("GET", "/v1/schedules")
+        runs = [r["run_id"] for r in rows if r["run_id"]]
+        if len(runs) == 2 and all(api("GET", f"/v1/campaigns/{r}")["state"] == "completed"
+                                  for r in runs):
+            break
+        time.sleep(0.5)
+    api("DELETE", "/v1/schedules")
+    assert len(runs) == 2
+    con = open_readonly(results / "virtual.db")
+    rows = con.execute("SELECT run_id, terminal, started_mono_ns, ended_mono_ns FROM soak_cycles "
+                       "WHERE run_id IN (?, ?)", tuple(runs)).fetchall()
+    assert len(rows) == 32
+    for t in ("T1", "T2", "T3", "T4"):
+        spans = {r: [(s, e) for run, term, s, e in rows if term == t and run == r]
+                 for r in runs}
+        a_lo, a_hi = min(s for s, _ in spans[runs[0]]), max(e for _, e in spans[runs[0]])
+        b_lo, b_hi = min(s for s, _ in spans[runs[1]]), max(e for _, e in spans[runs[1]])
+        assert a_hi <= b_lo or b_hi <= a_lo, f"{t}: the two campaigns overlapped"
