@@ -77,7 +77,7 @@ class PsuConfig(Strict):
     kind: Literal["psu"] = "psu"
     resource: str = Field(description="VISA resource, e.g. TCPIP0::127.0.0.1::5025::SOCKET")
     dialect: PsuDialectName = "generic"
-    channels: int = Field(3, ge=1, le=8)
+    channels: int = Field(3, ge=1, le=32, description="outputs (multi-channel racks and the virtual PSU go up to 32)")
     timeout_s: float = Field(2.0, gt=0)
 
 
@@ -281,7 +281,7 @@ class SimConfig(Strict):
     seed: int = 1
     psu_listen: str = "127.0.0.1:5025"
     psu_model: PsuDialectName = "generic"
-    psu_channels: int = Field(4, ge=1, le=8)
+    psu_channels: int = Field(4, ge=1, le=32)
     boot: Distribution = Distribution(dist="normal", mean=800, sd=60, min=300)
     login: Distribution = Distribution(dist="fixed", ms=50)
     clock_sync: Distribution = Distribution(dist="fixed", ms=20)

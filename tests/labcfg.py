@@ -83,3 +83,22 @@ def write_config(cfg: LabConfig, path: Path) -> Path:
     """Write ``cfg`` as a lab file (JSON is YAML) that ``load_lab`` reads back."""
     path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1), encoding="utf-8")
     return path
+
+
+def grown(cfg: LabConfig, terminals: int) -> LabConfig:
+    """``cfg`` with ``terminals`` terminals (copies of T1 on free ports, each on its own
+    channel of one PSU with as many channels)."""
+    raw = cfg.model_dump(mode="json")
+    t1 = raw["terminals"]["T1"]
+    psu = t1["power"]["psu"]
+    for i in range(1, terminals + 1):
+        name = f"T{i}"
+        d = json.loads(json.dumps(raw["terminals"].get(name, t1)))
+        if name not in raw["terminals"]:
+            d.update(terminal_id=f"{10000000 + i:08d}", console=f"socket://127.0.0.1:{free_port()}",
+                     ecr=f"socket://127.0.0.1:{free_port()}")
+        d["power"]["channel"] = i
+        raw["terminals"][name] = d
+    raw["instruments"][psu]["channels"] = max(terminals, 4)
+    raw["sim"]["psu_channels"] = max(terminals, 4)
+    return LabConfig.model_validate(raw)
