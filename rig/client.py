@@ -332,6 +332,59 @@ class Rig:
         except httpx.HTTPError as e:
             raise ServiceError(f"the rig service at {self.url}: event stream ended: {e}") from None
 
+    # --- campaigns (they run in the service; this client only starts and follows them) -----
+    def _service(self, method: str, path: str, body: Any = None) -> Any:
+        import httpx
+
+        try:
+            return self._check(self._http.request(method, path, json=body, timeout=60.0))
+        except httpx.HTTPError as e:
+            raise ServiceError(f"the rig service at {self.url} is gone: {e}") from None
+
+    def campaign(self, path: str | Path, *, follow: bool = True, progress: bool = True) -> Any:
+        """Run a campaign file in the service; with ``follow``, wait for its end showing
+        progress (a Ctrl-C asks it to stop safely). Its status: run_id, state, counts..."""
+        st = self._service("POST", "/v1/campaigns", {"path": str(Path(path).resolve())})
+        return self.follow_campaign(st["run_id"], progress=progress) if follow else st
+
+    def follow_campaign(self, run_id: int, progress: bool = True) -> Any:
+        """Wait for campaign run ``run_id`` to end (tqdm progress); Ctrl-C stops it safely."""
+        import time as _time
+
+        from tqdm.auto import tqdm
+
+        st = self._service("GET", f"/v1/campaigns/{run_id}")
+        bar = tqdm(total=st.get("planned"), desc=f"campaign {st['campaign']}", unit="cycle",
+                   disable=not progress)
+        try:
+            while st["state"] == "running":
+                try:
+                    _time.sleep(1.0)
+                except KeyboardInterrupt:
+                    self._service("POST", f"/v1/campaigns/{run_id}/stop")
+                st = self._service("GET", f"/v1/campaigns/{run_id}")
+                done = st["completed"] + st["failed"] + st["aborted"]
+                bar.update(done - bar.n)
+                bar.set_postfix(failed=st["failed"], aborted=st["aborted"], refresh=False)
+        finally:
+            bar.close()
+        return st
+
+    def campaigns(self) -> Any:
+        """Every campaign run of the lab, with its counts (a DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(self._service("GET", "/v1/campaigns"))
+
+    def stop_campaign(self, run_id: int) -> Any:
+        """Stop a campaign safely (resumable with ``resume_campaign``)."""
+        return self._service("POST", f"/v1/campaigns/{run_id}/stop")
+
+    def resume_campaign(self, run_id: int, *, follow: bool = True) -> Any:
+        """Continue a stopped or interrupted campaign at its next planned cycle."""
+        st = self._service("POST", f"/v1/campaigns/{run_id}/resume")
+        return self.follow_campaign(run_id) if follow else st
+
     def flush(self) -> None:
         """Nothing to do here: the service commits a cycle's events before its end marker."""
 

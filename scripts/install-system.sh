@@ -4,8 +4,9 @@
 #   nftables iproute2                          : kernel network faults inside test namespaces
 #   python3-venv                               : the project's virtualenv
 #   socat                                      : the baseline relay of the proxy benchmark
+#   chromium                                   : the live page's test (headless; tests/integration/test_service_page.py)
 set -euo pipefail
-pkgs=(pcscd vsmartcard-vpcd libpcsclite-dev swig nftables iproute2 python3-venv socat)
+pkgs=(pcscd vsmartcard-vpcd libpcsclite-dev swig nftables iproute2 python3-venv socat chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -169,4 +169,9 @@ def make_app(hub: Hub, token: str | None = None) -> FastAPI:
         hub.stopping.set()
         return {"ok": True}
 
+    from . import metrics, page  # the live page `/`, `/v1/live` and `/metrics`
+
+    collector = metrics.HubCollector(hub)
+    app.include_router(metrics.router(collector))
+    page.mount(app, hub, collector.tally)
     return app

@@ -75,6 +75,14 @@ class CampaignRun:
         h = campaign.health
         self.workers = {t: _Worker(t, TerminalHealth(h.suspect_after, h.quarantine_after))
                         for t in self.plan.terminals}
+        for r in bench.store.query(  # a resumed run counts what it did before
+                "SELECT terminal, state, class, count(*) FROM soak_cycles WHERE run_id=? AND "
+                "state != 'started' GROUP BY terminal, state, class", (run_id,)):
+            w = self.workers.get(r[0])
+            if w is not None:
+                w.counts[r[1]] += r[3]
+                if r[2]:
+                    w.failures[r[2]] = w.failures.get(r[2], 0) + r[3]
         self._threads: list[threading.Thread] = []
         self._done = threading.Event()
         self._lock = threading.Lock()

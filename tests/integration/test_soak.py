@@ -292,3 +292,25 @@ def test_sixteen_terminals_two_hundred_cycles_each(tmp_path, service_stop):
     assert st["completed"] + st["failed"] == 3200 and st["aborted"] == 0, st
     assert st["failed"] <= 32, st  # a virtual terminal may miss a rare deadline on 2 cores
     print(f"16 x 200 cycles in {took:.0f} s")
+
+
+def test_a_notebook_runs_stops_and_resumes_a_campaign(soak, tmp_path):
+    from rig import open_rig
+
+    lab, results, _ = soak
+    camp = _campaign(tmp_path, lab, cycles=6)
+    camp.write_text(camp.read_text().replace("  - await_signon: {timeout_s: 5}",
+                                             "  - await_signon: {timeout_s: 5}\n"
+                                             "  - wait: {s: 0.3}"))
+    with open_rig(lab, results=results) as rig:
+        st = rig.campaign(camp, follow=False)
+        time.sleep(0.8)
+        rig.stop_campaign(st["run_id"])
+        st = rig.follow_campaign(st["run_id"], progress=False)
+        assert st["state"] == "stopped" and st["completed"] < 24
+        st = rig.resume_campaign(st["run_id"])
+        # the cycles in flight at the stop stay aborted; the resume went on with the next ones
+        assert st["state"] == "completed"
+        assert st["completed"] + st["failed"] + st["aborted"] == 24 and st["aborted"] <= 4
+        df = rig.campaigns()
+        assert df.loc[df["run_id"] == st["run_id"], "state"].item() == "completed"
