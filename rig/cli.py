@@ -333,7 +333,7 @@ def report(run: Annotated[str, typer.Argument(help="campaign run id, or 'last'")
         run_id = int(run)
     doc = build(db, run_id)
     if html_path:
-        path = write_html(doc, html_path)
+        path = write_html(doc, html_path, db=db)
         if not as_json:
             out.print(f"report of run {run_id}: {path}", highlight=False)
     if as_json:

@@ -186,7 +186,34 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(doc: dict[str, Any]) -> str:
+def timelines(db: str | Path, doc: dict[str, Any], most: int = 6) -> list[str]:
+    """Event timelines (embedded PNGs) of the failed cycles and the slowest ones: each soak
+    cycle's first store cycle (its power cycle and sign-on), drawn by rig.analysis.plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..analysis.load import load_run
+    from ..analysis.plots import timeline
+
+    failed = [c for c in doc["cycles"] if c["state"] == "failed" and c["first_cycle_id"]]
+    slow = sorted((c for c in doc["cycles"] if c["ready_s"] is not None and c["first_cycle_id"]),
+                  key=lambda c: -c["ready_s"])
+    picked = (failed[: most // 2] + slow)[:most]
+    if not picked:
+        return []
+    run = load_run(db, doc["run"]["run_id"])
+    out = []
+    for c in picked:
+        try:
+            fig = timeline(run, int(c["first_cycle_id"]))
+        except (KeyError, ValueError):
+            continue
+        out.append(f"<h3>{html.escape(c['terminal'])} cycle {c['cycle']} ({html.escape(c['case'])}"
+                   f", {c['state']})</h3>" + _png(fig))
+    return out
+
+
+def render_html(doc: dict[str, Any], cycle_timelines: list[str] | None = None) -> str:
     """One self-contained HTML page (images embedded)."""
     s, run, camp = doc["summary"], doc["run"], doc["campaign"]
     colour = "#1a7f37" if s["verdict"].startswith("pass") else "#b35900"
@@ -220,6 +247,10 @@ def render_html(doc: dict[str, Any]) -> str:
         "<h2>Slowest cycles (ready_s)</h2>",
         _table(slowest, ["terminal", "cycle", "case", "ready_s", "boot_s", "signon_req_s",
                          "first_cycle_id"]),
+        "<h2>Timelines of failed and slowest cycles</h2>", *(cycle_timelines or []),
+        "<h2>Scenario verdicts</h2>",
+        _table([c for c in doc["cycles"] if c.get("verdict")],
+               ["terminal", "cycle", "case", "verdict", "error"]),
         "<h2>Health changes and pauses</h2>",
         _table(doc["health"], ["terminal", "state", "why"]),
         _table(doc["pauses"], ["terminal", "kind", "why"]),
@@ -230,8 +261,9 @@ def render_html(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_html(doc: dict[str, Any], path: str | Path) -> Path:
+def write_html(doc: dict[str, Any], path: str | Path, db: str | Path | None = None) -> Path:
+    """Write the report; with the store (``db``), the slowest and failed cycles' timelines."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render_html(doc), encoding="utf-8")
+    p.write_text(render_html(doc, timelines(db, doc) if db else None), encoding="utf-8")
     return p
