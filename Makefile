@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python benchmarks/kernel_faults.py
 	$(BIN)/python benchmarks/truth_wire.py
 	$(BIN)/python benchmarks/analysis_speed.py
+	$(BIN)/python benchmarks/soak_efficiency.py
 
 lint: install
 	$(BIN)/ruff check rig tests benchmarks

@@ -125,6 +125,9 @@ def run_efficiency(tmp: Path, terminals: int, cycles: int, off_s: float, wait_s:
         rows = con.execute("SELECT terminal, idx, state, started_mono_ns, ended_mono_ns "
                            "FROM soak_cycles WHERE run_id=? ORDER BY terminal, idx",
                            (run_id,)).fetchall()
+        firsts, lasts = zip(*con.execute(
+            "SELECT min(started_wall_ns), max(ended_wall_ns) FROM soak_cycles WHERE run_id=? "
+            "GROUP BY terminal", (run_id,)).fetchall(), strict=True)
         con.close()
     finally:
         _stop_service(results, lab)
@@ -174,6 +177,9 @@ def run_efficiency(tmp: Path, terminals: int, cycles: int, off_s: float, wait_s:
         "cpu_ms": cpu / n * 1e3, "lab_cpu_ms": kcpu / n * 1e3,
         "to_on_ms": np.array(to_on) * 1e3, "to_off_ms": np.array(to_off) * 1e3,
         "after_ready_ms": np.array(after_ready) * 1e3, "between_ms": np.array(between) * 1e3,
+        "lead_ms": np.mean([f - t_post for f in firsts]) / 1e6,
+        "tail_ms": np.mean([c_end - x for x in lasts]) / 1e6,
+        "finish_ms": (c_end - max(lasts)) / 1e6,
         "edges_ms": (terminals * wall - sum((s1 - s0) / 1e9 for *_, s0, s1 in rows)
                      - sum(between)) / n * 1e3,
     }
@@ -199,10 +205,13 @@ def print_efficiency(cases: list[dict[str, Any]], off_s: float, wait_s: float,
         def mp(a: np.ndarray) -> str:
             return f"{a.mean():6.1f} / {np.percentile(a, 95):6.1f}" if a.size else "     -"
 
-        print(f"  {c['terminals']:>2} terminals: cycle start -> off edge {mp(c['to_off_ms'])}; "
-              f"start -> on edge beyond off_s {mp(c['to_on_ms'])}; READY -> cycle end beyond "
-              f"the wait {mp(c['after_ready_ms'])}; cycle end -> next start "
-              f"{mp(c['between_ms'])}; campaign start/end edges {c['edges_ms']:.1f}")
+        print(f"  {c['terminals']:>2} terminals: cycle start -> on edge beyond off_s "
+              f"{mp(c['to_on_ms'])} (of which start -> off edge {mp(c['to_off_ms'])}); READY "
+              f"-> cycle end beyond the wait {mp(c['after_ready_ms'])}; cycle end -> next start "
+              f"{mp(c['between_ms'])}; POST -> first cycle + last cycle -> campaign end "
+              f"(amortised) {c['edges_ms']:.1f} [per terminal: POST -> its first cycle "
+              f"{c['lead_ms']:.0f} ms, its last cycle -> campaign end {c['tail_ms']:.0f} ms, of which "
+              f"{c['finish_ms']:.0f} ms after the last terminal's last cycle]")
     for c in cases:
         met = "met" if c["efficiency"] >= EFFICIENCY_GOAL else "NOT met"
         print(f"  {c['terminals']:>2} terminals: efficiency {c['efficiency']:.2f} % "
@@ -214,90 +223,93 @@ def print_efficiency(cases: list[dict[str, Any]], off_s: float, wait_s: float,
 
 # --- 2. the report of a long run ------------------------------------------------------------
 CASES = ("baseline", "signon-latency", "host-timeout", "mac-error")
+SALE_CARDS = (("cup_debit", "chip", 100), ("visa_credit", "tap", 200))
 
 
-def _r(rng: random.Random, mu: float, sd: float, lo: float) -> float:
-    return round(max(lo, rng.gauss(mu, sd)), 6)
+def _num(v: Any) -> float | None:
+    return None if v is None or v != v else round(float(v), 6)
 
 
-def _sale(rng: random.Random, t: str, idx: int, card: str, entry: str, amount: int,
-          outcome: str = "approved", rc: str | None = "00", error: str | None = None
-          ) -> dict[str, Any]:
-    ok = outcome == "approved"
-    auth_host = _r(rng, 0.12, 0.03, 0.03) if rc else None
-    c2a = _r(rng, 1.4, 0.2, 0.5) if outcome != "read_failed" else None
-    a2r = _r(rng, 0.05, 0.01, 0.005) if rc else None
-    return {"card": card, "entry": entry, "amount_minor": amount, "outcome": outcome, "rc": rc,
-            "auth_code": f"{rng.randrange(10**6):06d}" if ok else None,
-            "rrn": f"{rng.randrange(10**12):012d}" if rc else None,
-            "stan": f"{(idx * 3 + 1) % 10**6:06d}", "pan_masked": "623456******1234",
-            "balance": None, "card_to_auth_s": c2a, "auth_host_s": auth_host,
-            "auth_to_result_s": a2r,
-            "card_to_result_s": (None if c2a is None or auth_host is None or a2r is None
-                                 else round(c2a + auth_host + a2r, 6)),
-            "robot_wait_s": _r(rng, 2.0, 1.5, 0.0), "txn": "sale", "cycle": idx * 3 + 2,
-            "error": error}
-
-
-def synth_result(rng: random.Random, t: str, idx: int, case: str
-                 ) -> tuple[str, str | None, dict[str, Any]]:
-    """One planned cycle as the runner records it: (state, class, result)."""
+def soak_result(rng: random.Random, case: str, sign: dict[str, Any],
+                sales: list[dict[str, Any]]) -> tuple[str, str | None, dict[str, Any]]:
+    """One planned cycle as the runner records it, from the figures of its store cycles (a
+    sign-on and the sales after it): (state, class, result)."""
     res: dict[str, Any] = {"case": case, "label": "fw-2.4.1"}
     if rng.random() < 0.003:  # the PSU or the robot went away: a pause, the cycle aborted
         res["error"] = "psu1: no answer within 2 s"
         return "aborted", "infrastructure", res
-    boot = _r(rng, 0.8, 0.06, 0.3)
-    req = round(boot + 0.05 + 0.02 + _r(rng, 0.004, 0.001, 0.001), 6)
-    host = _r(rng, 0.025, 0.005, 0.005) + (0.4 if case == "signon-latency" else 0.0)
-    sign_ok = rng.random() > (0.01 if case == "baseline" else 0.004)
-    res["signon"] = {"terminal": t, "cycle": idx * 3 + 1, "ok": sign_ok, "boot_s": boot,
-                     "signon_req_s": req,
-                     "signon_host_s": round(host, 6) if sign_ok else None,
-                     "ready_s": round(req + host + 0.01, 6) if sign_ok else None,
-                     "attempts": 1 if sign_ok else 4,
-                     "error": None if sign_ok else "SIGNON fail rc=96 attempt=4"}
-    if not sign_ok:
-        res["sales"] = []
+    ok = bool(sign["signon_ok"])
+    res["signon"] = {"terminal": sign["terminal"], "cycle": int(sign["cycle_id"]), "ok": ok,
+                     **{f: _num(sign[f]) for f in ("boot_s", "signon_req_s", "signon_host_s",
+                                                   "ready_s")},
+                     "attempts": int(sign["attempts"]),
+                     "error": None if ok else "SIGNON fail rc=96 attempt=4"}
+    res["sales"] = []
+    if not ok:
         res["error"] = "sign-on: SIGNON fail rc=96 attempt=4"
         return "failed", "terminal", res
+    for k, s in enumerate(sales[:2]):
+        card, entry, amount = SALE_CARDS[k % 2]
+        outcome = str(s["outcome"])
+        rc = {"approved": "00", "declined": "51"}.get(outcome, "98")
+        if case == "host-timeout" and k == 0:
+            outcome, rc = "failed", "98"
+        res["sales"].append({
+            "card": card, "entry": entry, "amount_minor": amount, "outcome": outcome, "rc": rc,
+            "auth_code": f"{rng.randrange(10**6):06d}" if outcome == "approved" else None,
+            "rrn": f"{rng.randrange(10**12):012d}", "stan": f"{int(s['cycle_id']) % 10**6:06d}",
+            "pan_masked": "623456******1234", "balance": None,
+            **{f: _num(s[f]) for f in ("card_to_auth_s", "auth_host_s", "auth_to_result_s",
+                                       "card_to_result_s", "robot_wait_s")},
+            "txn": "sale", "cycle": int(s["cycle_id"]),
+            "error": "no 0210 within 8 s; reversed" if outcome == "failed" else None})
     if case == "mac-error":
-        ok = rng.random() > 0.02
-        res.update(verdict="pass" if ok else "fail", recover_s=_r(rng, 1.1, 0.1, 0.5),
-                   error=None if ok else "the terminal did not sign on again after A0")
-        res["sales"] = [_sale(rng, t, idx, "cup_debit", "chip", 100, "declined", "A0")]
-        return ("completed", None, res) if ok else ("failed", "terminal", res)
-    first = (_sale(rng, t, idx, "cup_debit", "chip", 100, "failed", None,
-                   "no 0210 within 8 s; reversed")
-             if case == "host-timeout" else _sale(rng, t, idx, "cup_debit", "chip", 100))
-    second = _sale(rng, t, idx, "visa_credit", "tap", 200)
-    if case == "baseline" and rng.random() < 0.005:
-        second = _sale(rng, t, idx, "visa_credit", "tap", 200, "declined", "05")
-    res["sales"] = [first, second]
+        passed = rng.random() > 0.02
+        res.update(verdict="pass" if passed else "fail", recover_s=round(rng.gauss(1.1, 0.1), 3),
+                   error=None if passed else "the terminal did not sign on again after A0")
+        return ("completed", None, res) if passed else ("failed", "terminal", res)
     bad = [s for s in res["sales"] if s["outcome"] != "approved"]
     if bad and case == "baseline":
-        res["error"] = f"sale: {bad[0]['outcome']} {bad[0]['rc'] or ''}"
+        res["error"] = f"sale: {bad[0]['outcome']} {bad[0]['rc']}"
         return "failed", "terminal", res
     if bad:
-        res["under_fault"] = f"sale: {bad[0]['outcome']} {bad[0]['rc'] or ''} {bad[0]['error']}"
+        res["under_fault"] = f"sale: {bad[0]['outcome']} {bad[0]['rc']} {bad[0]['error'] or ''}"
     return "completed", None, res
 
 
-def make_report_store(db: Path, n_cycles: int, terminals: int, night_h: float = 10.0
-                      ) -> int:
+def make_report_store(db: Path, n_cycles: int, terminals: int) -> tuple[int, int]:
+    """A campaign run of ``n_cycles`` planned cycles in a fresh store, with what a real one
+    leaves: the store cycles (sign-ons and sales, rig.analysis.synth) and their events, the
+    soak_cycles rows over them, health changes and a pause. Returns (run id, events)."""
+    from rig.analysis.synth import synth_run
     from rig.config import load_lab
     from tests.labcfg import VIRTUAL_YAML
 
     rng = random.Random(8)
     names = [f"T{i}" for i in range(1, terminals + 1)]
     per = -(-n_cycles // terminals)
+    # ~40 % sign-ons: every terminal has more than `per` of them, each followed by its sales
+    s = synth_run(cycles=int(per * terminals * 3.6), terminals=terminals, sale_share=0.6,
+                  p_refused=0.005, p_declined=0.01, p_no_response=0.005, seed=8)
     store = Store(db)
     store._db.execute("PRAGMA synchronous=OFF")  # filling speed is not what is measured
-    config = load_lab(VIRTUAL_YAML).model_dump(mode="json")
-    run_id = store.begin_run(lab="virtual", label="fw-2.4.1", config=config,
+    run_id = store.begin_run(lab="virtual", label="fw-2.4.1",
+                             config=load_lab(VIRTUAL_YAML).model_dump(mode="json"),
                              clock={"host": "bench"})
+    ids: dict[int, int] = {}
+    for c in s.cycles.itertuples():
+        ids[c.cycle_id] = store.start_cycle(run_id, c.terminal, c.n, c.kind,
+                                            int(c.start_mono_ns), int(c.start_wall_ns))
+        store.end_cycle(ids[c.cycle_id], "completed", {"ok": True})
+    s.events = s.events.assign(cycle_id=s.events["cycle_id"].map(ids))
+    s.run_id = run_id
+    rows = s.rows()
+    for i in range(0, len(rows), 2000):
+        store.append_events(rows[i:i + 2000])
+        store.commit()
     campaign = {"name": "nightly", "label": "fw-2.4.1", "lab": "../labs/virtual.yaml",
                 "terminals": names,
-                "steps": [{"kind": "power_cycle", "off_s": 2.0},
+                "steps": [{"kind": "power_cycle", "off_s": 0.3},
                           {"kind": "await_signon", "timeout_s": 30.0},
                           {"kind": "sales", "count": 1, "card": "cup_debit", "entry": "chip",
                            "amount": "1.00"},
@@ -307,74 +319,83 @@ def make_report_store(db: Path, n_cycles: int, terminals: int, night_h: float = 
                                                      "cases": [{"id": c} for c in CASES]}}
     store.add_campaign(run_id, name="nightly", label="fw-2.4.1", source=None,
                        campaign=campaign, terminals=names, planned=per)
+    cyc = s.cycles.merge(s.truth.drop(columns="terminal"), on="cycle_id").sort_values("cycle_id")
+    times: list[tuple[int, int, int, int, int]] = []
     made = 0
-    ids: list[tuple[int, int, str]] = []
-    for idx in range(per):
-        for k, t in enumerate(names):
+    for k, t in enumerate(names):
+        mine = cyc[cyc["terminal"] == t].to_dict("records")
+        starts = [i for i, c in enumerate(mine) if c["kind"] == "signon"]
+        assert len(starts) > per, (t, len(starts), per)
+        for idx in range(per):
             if made == n_cycles:
                 break
+            group = mine[starts[idx]:starts[idx + 1]]
             case = CASES[(idx + k) % len(CASES)]
             sid = store.start_soak_cycle(run_id, t, idx, case)
             assert sid is not None
-            state, cls, result = synth_result(rng, t, idx, case)
-            store.end_soak_cycle(sid, state, result, cls=cls, first_cycle=made * 3 + 1,
-                                 last_cycle=made * 3 + 3)
-            ids.append((sid, idx, t))
+            state, cls, result = soak_result(rng, case, group[0], group[1:])
+            store.end_soak_cycle(sid, state, result, cls=cls,
+                                 first_cycle=ids[group[0]["cycle_id"]],
+                                 last_cycle=ids[group[-1]["cycle_id"]])
+            m0, m1 = int(group[0]["start_mono_ns"]), int(group[-1]["end_mono_ns"])
+            w0 = int(group[0]["start_wall_ns"])
+            times.append((w0, w0 + m1 - m0, m0, m1, sid))
             made += 1
-    health = [("T7", "suspect", "2 DUT failures in a row"),
-              ("T7", "good", "health check passed"),
-              ("T12", "suspect", "2 DUT failures in a row"),
-              ("T12", "bad", "health check failed: sign-on: no READY"),
-              ("T12", "good", "health check passed")]
-    t0 = time.time_ns() - int(night_h * 3.6e12)
-    m0 = time.monotonic_ns() - int(night_h * 3.6e12)
-    rows = []
-    for j, (t, state, why) in enumerate(health):
-        at = int(night_h * 3.6e12 * (j + 1) / (len(health) + 2))
-        rows.append((run_id, None, m0 + at, t0 + at, "health", "soak", t, "derived",
-                     json.dumps({"state": state, "why": why, "run": run_id})))
+    span = max(x[3] for x in times) - min(x[2] for x in times)
+    m_first, w_first = min(x[2] for x in times), min(x[0] for x in times)
+    marks = []
+    for j, (t, state, why) in enumerate([
+            ("T7", "suspect", "2 DUT failures in a row"), ("T7", "good", "health check passed"),
+            ("T12", "suspect", "2 DUT failures in a row"),
+            ("T12", "bad", "health check failed: sign-on: no READY"),
+            ("T12", "good", "health check passed")]):
+        at = span * (j + 1) // 7
+        marks.append((run_id, None, m_first + at, w_first + at, "health", "soak", t, "derived",
+                      json.dumps({"state": state, "why": why, "run": run_id})))
     for j, kind in enumerate(("pause", "resume")):
-        at = int(night_h * 3.6e12 * 0.6) + j * 10_000_000_000
-        rows.append((run_id, None, m0 + at, t0 + at, kind, "soak", "T3", "derived",
-                     json.dumps({"why": "psu1: no answer within 2 s", "run": run_id})))
-    store.append_events(rows)
+        at = span * 6 // 10 + j * 10_000_000_000
+        marks.append((run_id, None, m_first + at, w_first + at, kind, "soak", "T3", "derived",
+                      json.dumps({"why": "psu1: no answer within 2 s", "run": run_id})))
+    store.append_events(marks)
     store.commit()
     store.end_run(run_id, "completed")
     store.set_campaign_state(run_id, "completed")
     store.close()
-    # spread the cycles over the night, as a real run (terminals in parallel)
-    slot = night_h * 3.6e12 / per
-    con = sqlite3.connect(db)
-    con.executemany(
-        "UPDATE soak_cycles SET started_wall_ns=?, ended_wall_ns=?, started_mono_ns=?, "
-        "ended_mono_ns=? WHERE id=?",
-        [(t0 + int(idx * slot + k), t0 + int(idx * slot + k + d), m0 + int(idx * slot + k),
-          m0 + int(idx * slot + k + d), sid)
-         for sid, idx, t in ids
-         for k, d in [(int(t[1:]) * 1_000_000, int(rng.uniform(0.7, 0.98) * slot))]])
+    con = sqlite3.connect(db)  # the store cycles' and soak cycles' own times, not the fill's
+    con.executemany("UPDATE cycles SET end_mono_ns=?, end_wall_ns=? WHERE id=?",
+                    [(int(e), int(w) + int(e) - int(m), ids[c]) for c, m, e, w in zip(
+                        s.cycles["cycle_id"], s.cycles["start_mono_ns"], s.cycles["end_mono_ns"],
+                        s.cycles["start_wall_ns"], strict=True)])
+    con.executemany("UPDATE soak_cycles SET started_wall_ns=?, ended_wall_ns=?, "
+                    "started_mono_ns=?, ended_mono_ns=? WHERE id=?", times)
     con.execute("UPDATE runs SET started_wall_ns=?, started_mono_ns=? WHERE id=?",
-                (t0, m0, run_id))
+                (w_first, m_first, run_id))
     con.commit()
     con.close()
-    return run_id
+    return run_id, len(rows)
 
 
 def run_report(tmp: Path, n_cycles: int, terminals: int) -> dict[str, Any]:
-    from rig.soak.report import build, render_html
+    from rig.soak import report
 
     db = tmp / "report.db"
     t = time.perf_counter()
-    run_id = make_report_store(db, n_cycles, terminals)
+    run_id, events = make_report_store(db, n_cycles, terminals)
     fill = time.perf_counter() - t
     t0 = time.perf_counter()
-    doc = build(db, run_id)
+    doc = report.build(db, run_id)
     t1 = time.perf_counter()
-    page = render_html(doc)
+    # `rig report --html` (write_html with the store) adds the failed / slowest cycles'
+    # event timelines; a report.py without them renders the page alone
+    lines = report.timelines(db, doc) if hasattr(report, "timelines") else None
     t2 = time.perf_counter()
+    page = report.render_html(doc, lines) if lines is not None else report.render_html(doc)
+    t3 = time.perf_counter()
     assert len(doc["cycles"]) == n_cycles and page.startswith("<!doctype html>")
     s = doc["summary"]
-    return {"cycles": len(doc["cycles"]), "fill_s": fill, "build_s": t1 - t0,
-            "render_s": t2 - t1, "html_kb": len(page.encode()) / 1024,
+    return {"cycles": len(doc["cycles"]), "events": events, "fill_s": fill,
+            "build_s": t1 - t0, "timelines_s": t2 - t1, "timelines": len(lines or []),
+            "render_s": t3 - t2, "html_kb": len(page.encode()) / 1024,
             "images": page.count("data:image/png;base64,"),
             "json_kb": len(json.dumps(doc, default=str).encode()) / 1024,
             "states": (s["completed"], s["failed"], s["aborted"]), "verdict": s["verdict"]}
@@ -397,11 +418,13 @@ def main() -> None:
                                 args.boot_ms) for n in args.terminals.split(",")]
         print_efficiency(cases, args.off_s, args.wait_s, args.boot_ms)
         rep = run_report(tmp, args.report_cycles, args.report_terminals)
-    total = rep["build_s"] + rep["render_s"]
+    total = rep["build_s"] + rep["timelines_s"] + rep["render_s"]
     print(f"morning report of a {rep['cycles']}-cycle run ({args.report_terminals} terminals, "
           f"{len(CASES)} cases; completed / failed / aborted {rep['states'][0]} / "
-          f"{rep['states'][1]} / {rep['states'][2]}; store filled in {rep['fill_s']:.1f} s):")
-    print(f"  build() {rep['build_s']:.2f} s + render_html() {rep['render_s']:.2f} s = "
+          f"{rep['states'][1]} / {rep['states'][2]}; {rep['events']:,} events; store filled "
+          f"in {rep['fill_s']:.1f} s):")
+    print(f"  build() {rep['build_s']:.2f} s + timelines() {rep['timelines_s']:.2f} s "
+          f"({rep['timelines']} cycles) + render_html() {rep['render_s']:.2f} s = "
           f"{total:.2f} s (goal < {REPORT_GOAL_S:.0f} s: "
           f"{'met' if total < REPORT_GOAL_S else 'NOT met'}); HTML {rep['html_kb']:.0f} KB "
           f"({rep['images']} embedded PNGs), JSON document {rep['json_kb']:.0f} KB")
