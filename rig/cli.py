@@ -865,5 +865,144 @@ def export_cmd(run: Annotated[str, typer.Argument(help="run id, or a label (its 
     out.print(f"run {data.run_id}: {len(data.cycles)} cycles, {len(data.sales)} sales exported")
 
 
+
+# --- rig audit ---------------------------------------------------------------------------------
+_AUDIT_SAMPLE_LIMIT = 200
+
+
+def _audit_text(text: str, known: dict[str, str]) -> list[tuple[str, str]]:
+    """(kind, masked sample) of the card data and keys in one piece of text."""
+    from .core.redact import mask_pan, redact_text, scan_text
+
+    found = [(f.kind, f.sample) for f in scan_text(text)]
+    rest = None
+    for pan, name in known.items():
+        if pan in text:  # a card profile's PAN the patterns let through (e.g. in a longer run)
+            rest = redact_text(text) if rest is None else rest
+            if pan in rest:
+                found.append(("pan", f"{mask_pan(pan)} (card {name})"))
+    return found
+
+
+def _audit_sqlite(path: Path, known: dict[str, str]) -> list[tuple[str, str, str]]:
+    import sqlite3
+
+    out = []
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            q = table.replace('"', '""')
+            cols = [r[1] for r in con.execute(f'PRAGMA table_info("{q}")')]
+            for col in cols:
+                c = col.replace('"', '""')
+                for rowid, value in con.execute(
+                        f'SELECT rowid, "{c}" FROM "{q}" WHERE typeof("{c}") = \'text\''):
+                    for kind, sample in _audit_text(value, known):
+                        out.append((f"{table}.{col} rowid {rowid}", kind, sample))
+    finally:
+        con.close()
+    return out
+
+
+def _audit_parquet(path: Path, known: dict[str, str]) -> list[tuple[str, str, str]] | None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    out = []
+    table = pq.read_table(path)
+    for k, v in (table.schema.metadata or {}).items():
+        for kind, sample in _audit_text(v.decode("utf-8", "replace"), known):
+            out.append((f"metadata {k.decode('utf-8', 'replace')}", kind, sample))
+    for name in table.column_names:
+        col = table.column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        for i, value in enumerate(col.to_pylist()):
+            if value:
+                for kind, sample in _audit_text(value, known):
+                    out.append((f"column {name} row {i}", kind, sample))
+    return out
+
+
+def audit_path(path: Path, cards_dir: str | Path | None = None) -> dict[str, Any]:
+    """Scan a results directory, a report or an export (text, JSON, HTML, SQLite stores, Parquet)
+    for PANs (the card profiles' and any Luhn-valid one), track data, EMV card data, PIN blocks,
+    keys and passwords. Returns {"files", "skipped", "findings": [{file, where, kind, sample}]}."""
+    from .cards.profiles import CARDS_DIR, load_cards
+
+    known = {c.pan: c.name for c in load_cards(cards_dir or CARDS_DIR).values()}
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    findings: list[dict[str, str]] = []
+    scanned, skipped = 0, []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(8192)
+        except OSError as e:
+            skipped.append(f"{f}: {e}")
+            continue
+        rows: list[tuple[str, str, str]] | None
+        if head.startswith(b"SQLite format 3\x00"):
+            rows = _audit_sqlite(f, known)
+        elif head.startswith(b"PAR1"):
+            rows = _audit_parquet(f, known)
+        elif b"\x00" in head:
+            rows = None  # binary (a WAL / shm file: its store is read through SQLite)
+        else:
+            rows = []
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                for n, line in enumerate(fh, 1):
+                    rows += [(f"line {n}", k, s) for k, s in _audit_text(line, known)]
+        if rows is None:
+            skipped.append(str(f))
+            continue
+        scanned += 1
+        findings += [{"file": str(f), "where": w, "kind": k, "sample": s} for w, k, s in rows]
+    return {"path": str(path), "files": scanned, "skipped": skipped, "findings": findings}
+
+
+@app.command("audit")
+def audit_cmd(path: Annotated[str | None, typer.Argument(
+                  help="results directory, report or export (default: the results directory)")]
+              = None,
+              cards_dir: Annotated[str | None, typer.Option(help="card profiles directory")]
+              = None,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Look for card data and keys at rest: PANs (card profiles' and Luhn-valid ones), tracks
+    1 / 2, EMV card data, PIN blocks, keys, passwords. Exit 1 on a find, 0 when clean."""
+    from .control.bench import results_dir
+
+    target = Path(path) if path else results_dir(state.results)
+    if not target.exists():
+        err.print(f"rig audit: {target}: no such file or directory")
+        raise typer.Exit(2)
+    report = audit_path(target, cards_dir)
+    findings = report["findings"]
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        if findings:
+            t = Table(title=f"card data / keys found in {target}")
+            for col in ("file", "where", "kind", "sample (masked)"):
+                t.add_column(col)
+            for f in findings[:_AUDIT_SAMPLE_LIMIT]:
+                t.add_row(f["file"], f["where"], f["kind"], f["sample"])
+            out.print(t)
+            if len(findings) > _AUDIT_SAMPLE_LIMIT:
+                out.print(f"... and {len(findings) - _AUDIT_SAMPLE_LIMIT} more (--json: all)")
+        kinds: dict[str, int] = {}
+        for f in findings:
+            kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "clean"
+        out.print(f"rig audit {target}: {report['files']} files scanned, "
+                  f"{len(report['skipped'])} binary skipped: {summary}", highlight=False)
+    if findings:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     main()

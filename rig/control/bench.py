@@ -51,12 +51,52 @@ def results_dir(results: str | Path | None = None) -> Path:
     return Path(results or os.environ.get("RIG_RESULTS") or "results")
 
 
+def _process_started_at() -> float:
+    """This process's start time (wall clock, s); now if /proc cannot tell."""
+    import time
+
+    from ..timeline.store import proc_start
+
+    ticks = proc_start(os.getpid())
+    try:
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        assert ticks is not None
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, AssertionError, ValueError):
+        return time.time()
+
+
+def sweep_config_files(results: Path, lab: str) -> list[Path]:
+    """Remove the lab configs (``.<lab>-*.yaml``: a bench's for its lab child, a client's for
+    the service) that a killed process left in ``results``: those older than this process
+    (with a second's margin for the coarse boot time). Returns what it removed."""
+    if not results.is_dir():
+        return []
+    cutoff = _process_started_at() - 1.0
+    gone = []
+    for p in results.glob(f".{lab}-*.yaml"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+                gone.append(p)
+        except FileNotFoundError:
+            continue
+    if gone:
+        log.warning("removed %d lab config file(s) left by a killed process in %s",
+                    len(gone), results)
+    return gone
+
+
 class Bench:
     """Owns one lab's hardware; hands out sessions. Thread-safe. Close it exactly once."""
 
     def __init__(self, config: str | Path | LabConfig = DEFAULT_CONFIG, *, label: str | None = None,
                  results: str | Path | None = None, start_lab: bool | None = None,
                  run_kind: str = "local") -> None:
+        from ..core.logredact import install as install_redaction
+
+        install_redaction()  # every log handler: no PAN, track, PIN block or key in a log
         self.cfg = config if isinstance(config, LabConfig) else load_lab(config)
         self.config_path = None if isinstance(config, LabConfig) else Path(config)
         self.results = results_dir(results)
@@ -78,6 +118,7 @@ class Bench:
     # --- set-up -------------------------------------------------------------------------------
     def _open(self, start_lab: bool | None) -> None:
         cfg = self.cfg
+        sweep_config_files(self.results, cfg.name)
         self.store = Store(self.results / f"{cfg.name}.db")
         self._stack.callback(self.store.close)
         self.recovered = self.store.recover()
@@ -214,11 +255,13 @@ class Bench:
         if self.config_path is not None:
             return self.config_path
         self.results.mkdir(parents=True, exist_ok=True)
+        # it holds keys and passwords: 0600 (mkstemp), removed on close, swept after a kill -9
         fd, name = tempfile.mkstemp(prefix=f".{self.cfg.name}-", suffix=".yaml", dir=self.results)
+        path = Path(name)
+        self._stack.callback(path.unlink, missing_ok=True)
         with os.fdopen(fd, "w") as f:
             YAML(typ="safe").dump(self.cfg.model_dump(mode="json"), f)
-        self._stack.callback(os.unlink, name)
-        return Path(name)
+        return path
 
     def begin_run(self, label: str | None, kind: str, client: dict[str, Any] | None = None) -> int:
         """A new run in the store (a client session's, a campaign's), with the lab's config

@@ -160,6 +160,9 @@ def serve(config: str | Path, *, results: str | Path | None = None, host: str = 
     handler = logging.FileHandler(paths.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+    from ..core.logredact import install as install_redaction
+
+    install_redaction()  # every handler, this one included: no card data or key in the log
     if logging.getLogger().level > logging.INFO or logging.getLogger().level == 0:
         logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
@@ -175,10 +178,12 @@ def serve(config: str | Path, *, results: str | Path | None = None, host: str = 
     bound = sock.getsockname()
     url = f"http://{'[' + bound[0] + ']' if family == socket.AF_INET6 else bound[0]}:{bound[1]}"
 
-    hub = Hub(config, results=res, start_lab=start_lab, idle_s=idle_s, heartbeat_s=heartbeat_s,
-              url=url)
-    if delete_config:
-        Path(config).unlink(missing_ok=True)
+    try:
+        hub = Hub(config, results=res, start_lab=start_lab, idle_s=idle_s,
+                  heartbeat_s=heartbeat_s, url=url)
+    finally:  # the client's temp config holds keys and passwords: gone even if Hub() fails
+        if delete_config:
+            Path(config).unlink(missing_ok=True)
     server = uvicorn.Server(uvicorn.Config(make_app(hub, token), log_level="warning",
                                            access_log=False, lifespan="off"))
 

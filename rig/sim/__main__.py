@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import load_lab
 from ..core.errors import ConfigError, InfrastructureError
+from ..core.logredact import install as install_redaction
 from .lab import VirtualLab
 
 log = logging.getLogger("rig.sim")
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
         logging.basicConfig(level=level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_redaction()  # the lab's log (results/<lab>-lab.log): no card data or key in it
     if args.exit_with_parent:
         _exit_with_parent(parent)
     try:
