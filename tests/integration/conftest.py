@@ -95,3 +95,13 @@ def service_stop() -> Iterator[list[tuple[Path, str]]]:
         end = time.monotonic() + 30
         while time.monotonic() < end and pid_alive(int(info["pid"])):
             time.sleep(0.1)
+
+
+@pytest.fixture
+def lab(tmp_path: Path, service_stop: list) -> tuple[Path, Path]:
+    """(lab config on free ports at time_scale 0.1, results dir) for a test that starts a rig
+    service there (stopped at the end)."""
+    path = write_config(virtual_config(tmp_path, time_scale=0.1), tmp_path / "lab.yaml")
+    results = tmp_path / "results"
+    service_stop.append((results, "virtual"))
+    return path, results

@@ -16,7 +16,7 @@ from rig import open_rig
 from rig.core.errors import LeaseError, ServiceError
 from rig.service.runtime import Paths, read_info
 from rig.timeline.store import open_readonly, pid_alive
-from tests.labcfg import free_port, virtual_config, write_config
+from tests.labcfg import free_port, write_config
 from tests.truth import read, truth_cycles
 
 pytestmark = pytest.mark.integration
@@ -53,14 +53,6 @@ def _client(path: Path, results: Path, mode: str) -> subprocess.Popen[str]:
     line = p.stdout.readline()
     assert line.strip() in ("leased", "busy"), (line, p.stderr.read() if p.poll() else "")
     return p
-
-
-@pytest.fixture
-def lab(tmp_path: Path, service_stop: list) -> tuple[Path, Path]:
-    path = write_config(virtual_config(tmp_path, time_scale=0.1), tmp_path / "lab.yaml")
-    results = tmp_path / "results"
-    service_stop.append((results, "virtual"))
-    return path, results
 
 
 def test_two_clients_share_status_and_a_lease_is_exclusive_until_its_holder_dies(lab):

@@ -25,6 +25,7 @@ from rig.service.metrics import HubCollector, SoakTally
 from rig.service.runtime import Paths, read_info
 from rig.timeline.store import Store, open_readonly
 from tests.labcfg import virtual_config, write_config
+from tests.soakkit import campaign_file
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,37 +35,8 @@ CONSOLE = re.compile(r":CONSOLE[:(].*")
 # --- helpers ------------------------------------------------------------------------------------
 def _campaign(tmp: Path, lab: Path, *, cycles: int, name: str = "t-live",
               terminals: str = "all", signon_s: float = 5) -> Path:
-    """A campaign like test_soak's; ``signon_s`` too short makes every sign-on a DUT failure
-    (but those under the slow-host fault), and the health check (3 s) pass."""
-    path = tmp / f"{name}.yaml"
-    path.write_text(f"""
-name: {name}
-label: fw-live
-lab: {lab}
-terminals: {terminals}
-steps:
-  - power_cycle: {{off_s: 0.05}}
-  - await_signon: {{timeout_s: {signon_s}}}
-stop:
-  cycles: {cycles}
-matrix:
-  order: round_robin
-  cases:
-    - id: baseline
-      none: true
-    - id: slow-host
-      faults:
-        - {{fault: host_delay, ms: 20, applies_to: signon, during: signon}}
-health:
-  suspect_after: 2
-  recover:
-    - power_cycle: {{off_s: 0.05}}
-  quarantine_after: 2
-  check:
-    - power_cycle: {{off_s: 0.05}}
-    - await_signon: {{timeout_s: 3}}
-""")
-    return path
+    return campaign_file(tmp, lab, cycles=cycles, name=name, label="fw-live",
+                         terminals=terminals, signon_s=signon_s)
 
 
 class Api:
@@ -170,14 +142,6 @@ class Dom(HTMLParser):
         head = rows[0][1]
         return [dict(zip(head, cells, strict=False), **{"@" + k: v or "" for k, v in a.items()})
                 for a, cells in rows[1:]]
-
-
-@pytest.fixture
-def lab(tmp_path: Path, service_stop: list) -> tuple[Path, Path]:
-    path = write_config(virtual_config(tmp_path, time_scale=0.1), tmp_path / "lab.yaml")
-    results = tmp_path / "results"
-    service_stop.append((results, "virtual"))
-    return path, results
 
 
 # --- /metrics -----------------------------------------------------------------------------------

@@ -16,42 +16,13 @@ from rig.client import connect
 from rig.service.runtime import Paths, read_info
 from rig.timeline.store import open_readonly, pid_alive
 from tests.labcfg import virtual_config, write_config
+from tests.soakkit import campaign_file
 
 pytestmark = pytest.mark.integration
 
 
 def _campaign(tmp: Path, lab: Path, *, cycles: int, extra: str = "") -> Path:
-    text = f"""
-name: t-soak
-label: fw-test
-lab: {lab}
-terminals: all
-steps:
-  - power_cycle: {{off_s: 0.05}}
-  - await_signon: {{timeout_s: 5}}
-stop:
-  cycles: {cycles}
-matrix:
-  order: round_robin
-  cases:
-    - id: baseline
-      none: true
-    - id: slow-host
-      faults:
-        - {{fault: host_delay, ms: 20, applies_to: signon, during: signon}}
-health:
-  suspect_after: 2
-  recover:
-    - power_cycle: {{off_s: 0.05}}
-  quarantine_after: 2
-  check:
-    - power_cycle: {{off_s: 0.05}}
-    - await_signon: {{timeout_s: 3}}
-{extra}
-"""
-    path = tmp / "campaign.yaml"
-    path.write_text(text)
-    return path
+    return campaign_file(tmp, lab, cycles=cycles, extra=extra)
 
 
 class Api:
