@@ -51,8 +51,20 @@ from rig.iso8583.cup_txn import (
 from rig.iso8583.dialects import Dialect, Message
 from rig.timeline.events import EventKind
 
-from . import rules as r
 from .accounts import Accounts, Ledger, TxnKey, TxnRecord
+from .rules import (
+    RC_BAD_AMOUNT,
+    RC_DUPLICATE,
+    RC_FORMAT_ERROR,
+    RC_INSUFFICIENT,
+    RC_INVALID_TXN,
+    RC_MAC_ERROR,
+    RC_NO_ORIGINAL,
+    RC_NOT_SUPPORTED,
+    ResponseRules,
+    card_rc,
+    mac_ok,
+)
 from .state import HostStates
 
 __all__ = ["RC_INVALID_MERCHANT", "TxnOutcome", "TxnProcessor", "request_event"]
@@ -111,7 +123,7 @@ def request_event(msg: Message) -> tuple[EventKind, dict[str, object]]:
 class TxnProcessor:
     """Decides the host's answer to financial requests; one per host (thread-safe)."""
 
-    def __init__(self, dialect: Dialect, states: HostStates, rules: r.ResponseRules,
+    def __init__(self, dialect: Dialect, states: HostStates, rules: ResponseRules,
                  accounts: Accounts, ledger: Ledger, next_rrn: Callable[[], str], *,
                  today: Callable[[], date] = date.today,
                  clock: Callable[[], datetime] = datetime.now) -> None:
@@ -148,12 +160,12 @@ class TxnProcessor:
             return self._reply(msg, RC_INVALID_MERCHANT, None)
         state = self.states.get(terminal)
         keys = state.keys if state.signed_on else None
-        if keys is None or not r.mac_ok(self.dialect, body, keys):
+        if keys is None or not mac_ok(self.dialect, body, keys):
             why = "not signed on" if keys is None else "bad MAC"
-            return self._reply(msg, r.RC_MAC_ERROR, None, follow_up=_SIGN_ON_AGAIN, error=why)
+            return self._reply(msg, RC_MAC_ERROR, None, follow_up=_SIGN_ON_AGAIN, error=why)
         kind = txn_kind(msg)
         if kind is None:
-            return self._reply(msg, r.RC_NOT_SUPPORTED, keys.mak)
+            return self._reply(msg, RC_NOT_SUPPORTED, keys.mak)
         if fault_rc is not None and fault_rc != APPROVED and kind in ("reversal", "settlement"):
             out = self._reply(msg, fault_rc, keys.mak, outcome="fault")
             return replace(out, by_fault=True)
@@ -170,10 +182,10 @@ class TxnProcessor:
                    fault_rc: str | None = None) -> TxnOutcome:
         stan, batch, pan, amount = msg.get("11"), batch_of(msg), card_pan(msg), amount_of(msg)
         if not stan or batch is None or pan is None or (kind != "balance" and amount is None):
-            return self._reply(msg, r.RC_FORMAT_ERROR, mak, txn=kind)
+            return self._reply(msg, RC_FORMAT_ERROR, mak, txn=kind)
         key: TxnKey = (terminal, batch, str(stan))
         if not self.ledger.claim(key):
-            return self._reply(msg, r.RC_DUPLICATE, mak, txn=kind)
+            return self._reply(msg, RC_DUPLICATE, mak, txn=kind)
         card = self.accounts.by_pan(pan)
         name = card.name if card is not None else None
         forced = fault_rc if fault_rc is not None else self.rules.txn_rc(terminal, name, amount)
@@ -181,9 +193,9 @@ class TxnProcessor:
         if forced is not None and forced != APPROVED:
             rc = forced
         elif kind != "balance" and not amount:
-            rc = r.RC_BAD_AMOUNT
+            rc = RC_BAD_AMOUNT
         else:
-            rc = None if forced is not None else r.card_rc(card, card_expiry(msg), self.today())
+            rc = None if forced is not None else card_rc(card, card_expiry(msg), self.today())
             if rc is None:
                 rc, original = self._apply(msg, kind, terminal, name, pan, amount or 0,
                                            force=forced is not None)
@@ -205,23 +217,23 @@ class TxnProcessor:
         """Move balances for an authorization that passed the checks: (rc, voided key)."""
         if kind == "sale":
             ok = card is None or self.accounts.debit(card, amount, force=force)
-            return (APPROVED if ok else r.RC_INSUFFICIENT), None
+            return (APPROVED if ok else RC_INSUFFICIENT), None
         if kind == "preauth":
             ok = card is None or self.accounts.hold(card, amount, force=force)
-            return (APPROVED if ok else r.RC_INSUFFICIENT), None
+            return (APPROVED if ok else RC_INSUFFICIENT), None
         if kind == "balance":
             return APPROVED, None
         orig = original_of(msg)  # void
         if orig is None:
-            return r.RC_FORMAT_ERROR, None
+            return RC_FORMAT_ERROR, None
         okey: TxnKey = (terminal, *orig)
         rec = self.ledger.get(okey)
         if rec is None or rec.kind != "sale" or rec.pan != pan:
-            return r.RC_NO_ORIGINAL, okey
+            return RC_NO_ORIGINAL, okey
         if rec.amount_minor != amount:
             return RC_BAD_ORIGINAL_AMOUNT, okey
         if self.ledger.transition(okey, "approved", "voided") is None:
-            return r.RC_INVALID_TXN, okey
+            return RC_INVALID_TXN, okey
         if rec.card is not None:
             self.accounts.credit(rec.card, rec.amount_minor)
         return APPROVED, okey
@@ -230,7 +242,7 @@ class TxnProcessor:
     def _reversal(self, msg: Message, terminal: str, mak: bytes) -> TxnOutcome:
         batch, stan = batch_of(msg), msg.get("11")
         if batch is None or not stan:
-            return self._reply(msg, r.RC_FORMAT_ERROR, mak)
+            return self._reply(msg, RC_FORMAT_ERROR, mak)
         key: TxnKey = (terminal, batch, str(stan))
         rec = self.ledger.get(key)
         pan = card_pan(msg)
@@ -262,9 +274,9 @@ class TxnProcessor:
         try:
             dom, foreign = parse_totals(str(msg.get("48", "")))
         except ProtocolError:
-            return self._reply(msg, r.RC_FORMAT_ERROR, mak)
+            return self._reply(msg, RC_FORMAT_ERROR, mak)
         if batch is None:
-            return self._reply(msg, r.RC_FORMAT_ERROR, mak)
+            return self._reply(msg, RC_FORMAT_ERROR, mak)
         host: SettlementTotals = self.ledger.totals(terminal, batch)
         balanced = dom + foreign == host
         self.ledger.settle(terminal, batch, balanced)

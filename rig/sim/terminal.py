@@ -39,11 +39,11 @@ from typing import Any
 from ..config import SimConfig, TerminalConfig
 from ..iso8583 import cup
 from ..iso8583.keys import WorkingKeys
-from . import signon
 from .journal import TruthJournal
 from .lines import LineServer, parse_hostport, parse_socket_url
 from .parts import Delays, HostRoute, Memory, Voice
 from .sale import COMMANDS, SaleContext, Transactions
+from .signon import RC_PROTOCOL, SignonOutcome, exchange
 from .wire import WireStamp, thread_stamp
 from .world import CardEvent, CardWorld
 
@@ -215,19 +215,19 @@ class VirtualTerminal:
         self.memory.keys = None
         self.say("ERROR", "SIGNON giveup")
 
-    async def _attempt(self) -> signon.SignonOutcome:
+    async def _attempt(self) -> SignonOutcome:
         request = cup.signon_request(
             stan=self.memory.next_stan(), terminal_id=self.tcfg.terminal_id,
             merchant_id=self.tcfg.merchant_id, batch=f"{self.memory.batch:06d}",
             key_mode=self.tcfg.key_mode, operator=self.tcfg.operator.id)
         try:
-            return await signon.exchange(
+            return await exchange(
                 self.route.host, self.route.port, request, tmk=self._tmk, key_mode=self.tcfg.key_mode,
                 timeout_s=self.sim.signon_timeout_ms / 1000.0,
                 on_io=self._journal_io, netns=self.route.netns)
         except Exception as e:  # a bug must not kill the terminal silently
             log.exception("%s: sign-on exchange failed", self.name)
-            return signon.SignonOutcome(False, signon.RC_PROTOCOL, "error", detail=repr(e))
+            return SignonOutcome(False, RC_PROTOCOL, "error", detail=repr(e))
 
     def _journal_io(self, what: str, stamp: WireStamp, data: dict[str, object]) -> None:
         self.voice.record(what, stamp, **data)
