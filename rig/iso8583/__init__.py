@@ -5,7 +5,7 @@ Shared core: pure functions over bytes, no I/O of its own.
 
 from __future__ import annotations
 
-from .dialects import Dialect, Message, get_dialect, response_mti
+from .dialects import Dialect, Message, response_mti
 from .framing import ConnectionClosed, frame, read_frame, read_frame_async
 from .keys import (
     KEY_MODES,
@@ -16,6 +16,7 @@ from .keys import (
     kcv,
 )
 from .mac import cup_mac, x919_mac
+from .registry import get_dialect
 
 __all__ = [
     "KEY_MODES",

@@ -10,9 +10,9 @@ import hmac
 from abc import ABC, abstractmethod
 from typing import Any
 
-from rig.core.errors import ProtocolError, TestError
+from rig.core.errors import ProtocolError
 
-__all__ = ["Dialect", "Message", "get_dialect", "response_mti"]
+__all__ = ["Dialect", "Message", "response_mti"]
 
 Message = dict[str, Any]
 """An ISO 8583 message: {"t": "0800", "11": "000001", "62": b"...", ...}."""
@@ -97,16 +97,3 @@ class Dialect(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
-
-
-def get_dialect(name: str) -> Dialect:
-    """The dialect called `name`: ``"cup"`` (China UnionPay POS) or ``"iso87"``."""
-    from . import cup_codec, iso87  # imported here: both modules import this one
-
-    dialects: dict[str, Dialect] = {"cup": cup_codec.CUP, "iso87": iso87.ISO87}
-    try:
-        return dialects[name]
-    except KeyError:
-        raise TestError(
-            f"unknown ISO 8583 dialect {name!r}: expected one of {sorted(dialects)}"
-        ) from None
