@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -136,8 +137,10 @@ soak_app = typer.Typer(no_args_is_help=True, help="Overnight soak campaigns (run
 app.add_typer(soak_app, name="soak")
 
 
+@functools.cache
 def _service_of(lab_config: str | Path):
-    """(base URL, headers) of the lab's rig service, starting one if none runs."""
+    """(base URL, headers) of the lab's rig service, starting one if none runs (found once per
+    command: a campaign's progress polls it every second)."""
     from .client import connect
 
     info, _path, _cfg = connect(lab_config, results=state.results)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -333,8 +334,6 @@ class Hub:
     # --- campaigns ----------------------------------------------------------------------------
     def start_campaign(self, path: str | None = None, *, resume: int | None = None) -> dict[str, Any]:
         """Run a campaign file (``path``), or resume the campaign of run ``resume``."""
-        import json
-
         from ..soak.campaign import Campaign, load_campaign
         from ..soak.runner import CampaignRun
 
@@ -410,8 +409,6 @@ class Hub:
                 "s.run_id=c.run_id AND s.state='failed') AS failed, (SELECT count(*) FROM "
                 "soak_cycles s WHERE s.run_id=c.run_id AND s.state='aborted') AS aborted "
                 "FROM campaigns c ORDER BY c.run_id"):
-            import json
-
             n_terms = len(json.loads(r["terminals_json"]))
             item = {"run_id": r["run_id"], "campaign": r["name"], "label": r["label"],
                     "state": r["state"],
