@@ -79,8 +79,8 @@ class Lease:
 class Rig:
     """A client of one lab's rig service. Use :func:`open_rig`."""
 
-    def __init__(self, url: str, *, token: str | None = None, label: str | None = None,
-                 kind: str = "notebook", note: str | None = None,
+    def __init__(self, url: str, cfg: LabConfig, *, token: str | None = None,
+                 label: str | None = None, kind: str = "notebook", note: str | None = None,
                  config_path: Path | None = None) -> None:
         import httpx
 
@@ -102,7 +102,11 @@ class Rig:
         info = self._check(r)
         self.sid: str = info["sid"]
         self.run_id: int = info["run_id"]
-        self.cfg = LabConfig.model_validate(info["config"])
+        # the service sends its config with secrets masked, and a digest of the whole of it;
+        # the client keeps its own (the same file) once open_rig has compared the two
+        self.cfg = cfg
+        self.service_config: dict[str, Any] = info["config"]
+        self.service_digest: str = info["config_digest"]
         self.store = StoreRef(info["store"])
         self.journal_path = Path(info["journal"])
         self.results = Path(info["results"])
@@ -475,9 +479,11 @@ def open_rig(config: str | Path | LabConfig | None = None, *, label: str | None 
     """Open a lab: ``open_rig("configs/labs/virtual.yaml")``. Connects to the lab's rig
     service on this host, starting one (detached; it starts the virtual lab) if none runs."""
     info, path, cfg = connect(config, results=results, start_lab=start_lab)
-    rig = Rig(info["url"], token=info.get("token"), label=label, kind=kind, note=note,
+    rig = Rig(info["url"], cfg, token=info.get("token"), label=label, kind=kind, note=note,
               config_path=path)
-    diff = _differences(cfg.model_dump(mode="json"), rig.cfg.model_dump(mode="json"))
+    diff = _differences(cfg.snapshot(), rig.service_config)
+    if not diff and rig.service_digest != cfg.digest():
+        diff = ["a terminal's tmk or operator password"]
     if diff:
         rig.close()
         raise ServiceError(

@@ -6,7 +6,9 @@ produced it (after QCoDeS's station snapshot).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -79,6 +81,9 @@ class PsuConfig(Strict):
     dialect: PsuDialectName = "generic"
     channels: int = Field(3, ge=1, le=32, description="outputs (multi-channel racks and the virtual PSU go up to 32)")
     timeout_s: float = Field(2.0, gt=0)
+    trace_hz: float = Field(20.0, ge=0, le=1000, description="current-trace samples per second "
+                            "of each powered terminal's channel during a cycle (0: no trace)")
+    trace_volts: bool = Field(True, description="measure the voltage with each current sample")
 
 
 class RelayConfig(Strict):
@@ -390,6 +395,12 @@ class LabConfig(Strict):
     # --- convenience -------------------------------------------------------------------------
     def model_of(self, terminal: str) -> TerminalModel:
         return self.models[self.terminals[terminal].model]
+
+    def digest(self) -> str:
+        """A SHA-256 of the whole resolved config, secrets included: two configs with the same
+        digest are the same config, and the digest reveals no key."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def snapshot(self) -> dict[str, Any]:
         """The resolved config as plain data with secrets (TMKs, passwords) masked."""

@@ -37,6 +37,7 @@ from ..host.server import AcquirerHost
 from ..timeline.events import Event
 from ..timeline.recorder import Recorder
 from ..timeline.store import Store
+from .current_trace import CurrentTrace
 from .cycles import TerminalCycle
 from .hardware import Hardware
 from .labproc import LabProcess, listening
@@ -186,8 +187,11 @@ class Bench:
                        for t, tc in cfg.terminals.items()}
         self._stack.callback(self._safe_state)
         self._open_faults()  # undone before the safe state (unwinds first)
+        self.trace = CurrentTrace(cfg, self.psus, self.store, self.recorder)
+        self._stack.callback(self.trace.close)  # before the PSUs close (unwinds first)
         for tcyc in self.cycles.values():
-            tcyc._on_edge = self.hw.windows.cycle_edge  # type: ignore[union-attr]
+            tcyc.add_edge_listener(self.hw.windows.cycle_edge)  # type: ignore[union-attr]
+            tcyc.add_edge_listener(self.trace.cycle_edge)
 
     def _start_proxies(self) -> dict[str, Any]:
         """One fault proxy per terminal whose ``host_path`` is not the host itself."""

@@ -31,7 +31,7 @@ class TerminalCycle:
         self.terminal = terminal
         self.store, self.recorder = store, recorder
         self.has_console = has_console
-        self._on_edge = on_edge
+        self._edge_listeners: list[Callable[[str, bool], None]] = [on_edge] if on_edge else []
         self.cond = threading.Condition()
         self.lock = threading.RLock()  # one procedure at a time on this terminal
         self.cancel = threading.Event()
@@ -131,9 +131,16 @@ class TerminalCycle:
             self.events = []
             self.done = False
         self.recorder.set_cycle(self.terminal, self.cycle_id, run_id)
-        if self._on_edge:
-            self._on_edge(self.terminal, True)
+        self._edge(True)
         return self.cycle_id
+
+    def add_edge_listener(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(terminal, opened)`` when a cycle opens (True) or is taken (False)."""
+        self._edge_listeners.append(listener)
+
+    def _edge(self, opened: bool) -> None:
+        for listener in self._edge_listeners:
+            listener(self.terminal, opened)
 
     def take(self) -> tuple[int, str, list[Event]] | None:
         """Close the open cycle for new events: (cycle id, kind, its events)."""
@@ -143,8 +150,7 @@ class TerminalCycle:
             self.done = True
             taken = self.cycle_id, self.kind, list(self.events)
         self.recorder.set_cycle(self.terminal, None, self.run_id)
-        if self._on_edge:
-            self._on_edge(self.terminal, False)
+        self._edge(False)
         return taken
 
     def mark(self, cycle: int, state: str, result: dict[str, Any]) -> None:

@@ -75,6 +75,20 @@ class _Io:
     clock: ClockSource
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One channel's measured current (A) and voltage (V, None when not asked), stamped at the
+    middle of its exchange; ``span_ns`` is the exchange's length (the stamp's uncertainty)."""
+
+    channel: int
+    amps: float
+    volts: float | None
+    mono_ns: int
+    wall_ns: int
+    clock: ClockSource
+    span_ns: int
+
+
 class PsuDriver:
     """One SCPI power supply; thread-safe (one lock around each exchange).
 
@@ -163,13 +177,14 @@ class PsuDriver:
                 log.debug("%s: closing: %s", self.who, e)
 
     # --- the one place that does I/O -------------------------------------------------------
-    def _exchange(self, lines: Sequence[str]) -> list[_Io]:
+    def _exchange(self, lines: Sequence[str], record: bool = True) -> list[_Io]:
         """Send each line, reading a reply for queries; an :class:`_Io` per line.
 
         ``tx_ns`` is taken right before the write began; the stamp right after the write
         (commands) or of the reply (queries: the kernel's receive stamp of its last segment, or
         right after the read returned). On a timeout or a dropped connection: reconnect once
-        and replay all ``lines``.
+        and replay all ``lines``. ``record=False`` leaves successful exchanges out of the event
+        stream (current-trace samples, which are stored as samples of their own).
         """
         with self._lock:
             for attempt in (1, 2):
@@ -191,8 +206,9 @@ class PsuDriver:
                         if kernel is not None:  # the reply's last segment, per the kernel
                             stamp, clock = Stamp(kernel.mono_ns, kernel.wall_ns), kernel.clock
                         self.last_clock = clock
-                        self._sink.record(Event.at(stamp, EventKind.PSU_IO, self.name,
-                                                   clock=clock, cmd=line, reply=reply))
+                        if record:
+                            self._sink.record(Event.at(stamp, EventKind.PSU_IO, self.name,
+                                                       clock=clock, cmd=line, reply=reply))
                         log.debug("%s: %r -> %r", self.name, line, reply)
                         out.append(_Io(reply, tx_ns, stamp, clock))
                     return out
@@ -375,6 +391,42 @@ class PsuDriver:
     def measure_current(self, ch: int) -> float:
         line = self.dialect.command(self.dialect.measure_current, self._channel(ch))
         return self._float(line, self._query(line))
+
+    def sample(self, channels: Sequence[int], volts: bool = True) -> list[Reading]:
+        """Measure the current (and voltage) of ``channels`` in as few exchanges as the
+        dialect allows: one program message for all of them where compound queries work.
+
+        Each reading is stamped at the middle of its exchange (the instrument measured between
+        the command's write and the reply's arrival); ``span_ns`` is that exchange's length,
+        the stamp's uncertainty. Samples are not recorded as PSU_IO events.
+        """
+        d = self.dialect
+        chs = [self._channel(ch) for ch in channels]
+        units = [(ch, d.command(tpl, ch)) for ch in chs
+                 for tpl in ((d.measure_current, d.measure_voltage) if volts
+                             else (d.measure_current,))]
+        if d.compound:
+            lines = [";:".join(u.lstrip(":") for _, u in units)]
+        else:
+            lines = [u for _, u in units]
+        ios = self._exchange(lines, record=False)
+        replies: list[tuple[str, _Io]] = []
+        for line, io in zip(lines, ios, strict=True):
+            parts = (io.reply or "").split(";") if d.compound else [io.reply or ""]
+            if len(parts) != (len(units) if d.compound else 1):
+                raise InstrumentError(f"{self.who}: {line!r} answered {io.reply!r}: expected "
+                                      f"{len(units)} values separated by ';'")
+            replies.extend((p, io) for p in parts)
+        per = 2 if volts else 1
+        out: list[Reading] = []
+        for i, ch in enumerate(chs):
+            (a_txt, io), *rest = replies[i * per:(i + 1) * per]
+            amps = self._float(units[i * per][1], a_txt)
+            v = self._float(units[i * per + 1][1], rest[0][0]) if volts else None
+            span = max(0, io.stamp.mono_ns - io.tx_ns)
+            mid = io.stamp.mono_ns - span // 2
+            out.append(Reading(ch, amps, v, mid, io.stamp.wall_ns - span // 2, io.clock, span))
+        return out
 
 
 def _is_timeout(e: Exception) -> bool:

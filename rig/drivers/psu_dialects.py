@@ -62,6 +62,7 @@ class PsuDialect:
     measure_voltage: str
     measure_current: str
     ack: str | None = "*OPC?"
+    compound: bool = True  # several queries in one program message, replies joined by ';'
     error_query: str = "SYST:ERR?"
     idn: str = "*IDN?"
     on_off: tuple[str, str] = ("ON", "OFF")
@@ -131,6 +132,7 @@ SIGLENT_SPD3303 = PsuDialect(
     measure_voltage="MEAS:VOLT? CH{ch}",
     measure_current="MEAS:CURR? CH{ch}",
     ack=None,  # no *OPC? habit: acknowledge by reading the setting back
+    compound=False,  # the SPD3303X answers one query per line
     parse_output=parse_siglent_status,
 )
 

@@ -65,7 +65,7 @@ def make_app(hub: Hub, token: str | None = None) -> FastAPI:
         return {"sid": c.sid, "run_id": c.session.run_id, "heartbeat_s": hub.heartbeat_s,
                 "lab": hub.cfg.name, "terminals": hub.bench.terminals,
                 "store": str(hub.bench.store.path), "journal": str(hub.bench.journal_path),
-                "results": str(hub.bench.results), "config": hub.cfg.model_dump(mode="json")}
+                "results": str(hub.bench.results), "config": hub.cfg.snapshot(), "config_digest": hub.cfg.digest()}
 
     @app.delete("/v1/sessions/{sid}")
     def close_session(sid: str, state: str = "completed") -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rig import open_rig
+from rig.config import load_lab
 from rig.core.errors import LeaseError, ServiceError
 from rig.service.runtime import Paths, read_info
 from rig.timeline.store import open_readonly, pid_alive
@@ -27,6 +28,7 @@ TOL_S = 0.002
 CLIENT = """
 import sys, time
 from rig import open_rig
+from rig.config import load_lab
 rig = open_rig(sys.argv[1], results=sys.argv[2], label="client-a")
 mode = sys.argv[3]
 if mode == "lease":
@@ -177,3 +179,20 @@ def test_one_terminal_whose_console_is_gone_does_not_stop_the_others(lab_proc, l
     t3 = df[df["terminal"] == "T3"]
     assert len(t3) == 1 and "console" in t3["error"].iloc[0] and "not connected" in t3[
         "error"].iloc[0]
+
+
+def test_the_service_hands_out_no_keys_and_refuses_a_config_that_differs_only_in_a_key(lab):
+    path, results = lab
+    text = path.read_text()
+    tmk = load_lab(path).terminals["T1"].tmk
+    with open_rig(path, results=results, label="keys") as rig:
+        shown = str(rig.service_config)
+        assert rig.service_config["terminals"]["T1"]["tmk"] == "****"
+        assert tmk.lower() not in shown.lower()
+        assert rig.cfg.terminals["T1"].tmk == tmk  # the client keeps its own file's config
+        other = tmk[:-1] + ("0" if tmk[-1] != "0" else "1")
+        assert tmk in text
+        path.write_text(text.replace(tmk, other, 1))
+        with pytest.raises(ServiceError, match="tmk or operator password"):
+            open_rig(path, results=results, label="other-key")
+        path.write_text(text)
