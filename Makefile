@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 CONFIG  ?= configs/labs/virtual.yaml
 N       ?= 10
 
-.PHONY: install run test test-unit test-integration bench lint lab clean
+.PHONY: install run test test-unit test-integration bench fuzz chaos lint lab clean
 
 install: $(STAMP)
 
@@ -43,6 +43,21 @@ bench: install
 	$(BIN)/python benchmarks/truth_wire.py
 	$(BIN)/python benchmarks/analysis_speed.py
 	$(BIN)/python benchmarks/soak_efficiency.py
+	$(BIN)/python benchmarks/host_load.py
+
+# Fuzzing at scale (not part of `make test`, which runs a seeded slice of it): every parser that
+# reads untrusted bytes, 1 M inputs in all (coverage-guided with atheris), crashes / hangs /
+# memory growth / rate per target. FUZZ_ARGS e.g. "--target psu-sim --budget 50000 --seed 7".
+FUZZ_BUDGET ?= 1000000
+FUZZ_ARGS ?=
+fuzz: install
+	$(BIN)/python -m fuzz --budget $(FUZZ_BUDGET) $(FUZZ_ARGS)
+
+# 20 SIGKILLs of the rig service during series, sales, held faults and a soak (tests/chaos.py);
+# prints kills, cycles, lost events, duplicate cycles, faults left. A 3-kill slice is in make test.
+KILLS ?= 20
+chaos: install
+	$(BIN)/python -m tests.chaos --kills $(KILLS)
 
 lint: install
 	$(BIN)/ruff check rig tests benchmarks

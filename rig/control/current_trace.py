@@ -9,7 +9,8 @@ stamped at the I/O boundary on the same clock.
 
 Samples are buffered and written to the store's ``current_samples`` table at least every
 :data:`FLUSH_S` and when a cycle ends (before its end marker); a crash loses at most that much
-of a trace. A PSU that stops answering is logged once and retried at the next period: the
+of a trace. A PSU that stops answering is logged once and asked again every :data:`RETRY_S`
+(not at the trace rate: each failed exchange holds the driver's lock through a reconnect): the
 trace has a gap, the cycle goes on.
 """
 
@@ -29,6 +30,7 @@ from ..timeline.store import Store
 log = logging.getLogger(__name__)
 
 FLUSH_S = 0.5
+RETRY_S = 2.0  # a supply that does not answer is asked again this often (not at trace_hz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ class _Sampler:
                     return
                 active = list(self.active.values())
             self._sample(active)
-            due += self.period_s
+            due += self.period_s if not self.failing else max(self.period_s, RETRY_S)
             late = time.monotonic() - due
             if late > self.period_s:  # fell behind (a slow reply): skip, never burst
                 due = time.monotonic()

@@ -123,7 +123,9 @@ class TerminalCycle:
         """End the open cycle (completed), open a new one in ``run_id``; returns its id."""
         self.finish("completed")
         with self.cond:
-            self._n[run_id] = self._n.get(run_id, 0) + 1
+            if run_id not in self._n:  # a run this process has not numbered yet (a resume)
+                self._n[run_id] = self.store.last_cycle_n(run_id, self.terminal)
+            self._n[run_id] += 1
             st = now()
             self.cycle_id = self.store.start_cycle(run_id, self.terminal, self._n[run_id], kind,
                                                    st.mono_ns, st.wall_ns)

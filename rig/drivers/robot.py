@@ -199,7 +199,7 @@ class RobotDriver:
                 raise InstrumentError(f"{self.who}: no GRBL banner, also not after a soft reset; "
                                       f"is it a GRBL 1.1 controller at {self.cfg.baudrate} baud?")
         self._expect_banner = False
-        st = self.status()
+        st = self._settled(self.status())
         self._plan_pos = st.mpos if st.state == "Idle" else None
         dump = _SETTING.findall("\n".join(self.command("$$")))  # $N=value lines
         self.settings.update((int(k), float(v)) for k, v in dump)
@@ -213,6 +213,28 @@ class RobotDriver:
         else:
             self.command("G21 G90")
         log.info("%s: GRBL ready (%s)", self.who, st.state)
+
+    def _settled(self, st: RobotStatus, timeout_s: float = 30.0) -> RobotStatus:
+        """A controller still moving at open (its last client died mid-move: a killed rig)
+        finishes the moves it buffered; wait for that rather than reset it (a reset while moving
+        loses the position, ALARM:3). Still not settled after ``timeout_s``: soft reset."""
+        if st.state in ("Idle", "Alarm"):
+            return st
+        log.warning("%s: controller is %s at open (a previous client's moves); waiting for "
+                    "them to end", self.who, st.state)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            st = self.status()
+            if st.state in ("Idle", "Alarm"):
+                return st
+        log.warning("%s: still %s after %.0f s; soft reset", self.who, st.state, timeout_s)
+        with self._cv:
+            self._expect_banner, n = True, self._banners
+            self._write(b"\x18")
+            self._cv.wait_for(lambda: self._banners > n, self.cfg.timeout_s)
+            self._expect_banner = False
+        return self.status()
 
     def _wait_banner(self, timeout_s: float) -> bool:
         with self._cv:

@@ -225,6 +225,14 @@ class Store:
             self.commit()
             return int(cur.lastrowid)
 
+    def last_cycle_n(self, run_id: int, terminal: str) -> int:
+        """The highest cycle number ``terminal`` has in ``run_id`` (0: none), so a run resumed
+        by a new process (a campaign after a crash) numbers on instead of from 1 again."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(n) FROM cycles WHERE run_id=? AND terminal=?",
+                                   (run_id, terminal)).fetchone()
+        return int(row[0] or 0)
+
     def end_cycle(self, cycle_id: int, state: str, result: Mapping[str, Any]) -> None:
         st = now()
         with self._lock:
