@@ -150,23 +150,71 @@ class RobotLayout(Strict):
         return next((s for s, c in self.magazine.slots.items() if c == card), None)
 
 
+class PduConfig(Strict):
+    """A PDU switched through a pdudaemon server's HTTP listener (pdudaemon 1.1:
+    ``GET <url>/power/control/on?hostname=<hostname>&port=<n>``)."""
+
+    url: str = Field(description="pdudaemon's HTTP listener, e.g. http://127.0.0.1:16421")
+    hostname: str = Field(pattern=r"^[^\s&#?/=]+$",
+                          description="the PDU's name in pdudaemon's config (its pdus: key)")
+    ports: int | None = Field(None, ge=1, le=999, description="outlets (checks each terminal's "
+                              "port when given)")
+    timeout_s: float = Field(30.0, gt=0, description="per request: pdudaemon answers once the "
+                             "PDU switched, after its own retries")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        m = re.fullmatch(r"(https?)://([^/?#\s]+?)(/[^?#\s]*)?", v)
+        if not m:
+            raise ValueError(f"expected http://host:port of pdudaemon's HTTP listener, got {v!r}")
+        if "@" in m.group(2):
+            raise ValueError("no credentials in the URL (pdudaemon has no authentication; "
+                             "keep its listener on loopback or a lab-only network)")
+        return v.rstrip("/")
+
+
 class PowerConfig(Strict):
-    """How a terminal is powered: a PSU channel (voltage, current limit) or a relay channel."""
+    """How a terminal is powered: a PSU channel (voltage, current limit), a relay channel, or
+    a PDU outlet switched through pdudaemon (``pdu`` names an entry of the lab's ``pdus``)."""
 
     psu: str | None = None
     relay: str | None = None
-    channel: int = Field(ge=1)
+    pdu: str | None = Field(None, description="a PDU of the lab's pdus: section (pdudaemon)")
+    channel: int | None = Field(None, ge=1, description="PSU output / relay number")
+    port: int | None = Field(None, ge=1, description="PDU outlet (pdudaemon's port number)")
     voltage: float | None = Field(None, gt=0)
     current_limit: float | None = Field(None, gt=0)
     off_s: float = Field(0.5, ge=0, description="off time in a power cycle")
 
     @model_validator(mode="after")
     def _one_backend(self) -> PowerConfig:
-        if (self.psu is None) == (self.relay is None):
-            raise ValueError("give exactly one of psu / relay")
+        given = [n for n in ("psu", "relay", "pdu") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of psu / relay / pdu"
+                             + (f", not {' and '.join(given)}" if given else ""))
+        if self.pdu is not None:
+            if self.port is None:
+                raise ValueError("a pdu outlet needs port (pdudaemon's port number)")
+            if self.channel is not None:
+                raise ValueError("a pdu outlet is given by port, not channel")
+            if self.voltage is not None or self.current_limit is not None:
+                raise ValueError("a pdu outlet only switches: no voltage / current_limit")
+            return self
+        if self.channel is None:
+            raise ValueError(f"a {given[0]} needs channel")
+        if self.port is not None:
+            raise ValueError(f"port is for a pdu outlet; a {given[0]} takes channel")
         if self.psu is not None and (self.voltage is None or self.current_limit is None):
             raise ValueError("a psu channel needs voltage and current_limit")
         return self
+
+    @property
+    def outlet(self) -> int:
+        """The channel (PSU, relay) or port (PDU) that powers the terminal."""
+        n = self.port if self.pdu is not None else self.channel
+        assert n is not None
+        return n
 
 
 class Operator(Strict):
@@ -338,6 +386,8 @@ class LabConfig(Strict):
     virtual: bool = Field(False, description="start the virtual lab (rig.sim) when nothing listens")
     models: dict[str, TerminalModel]
     instruments: dict[str, Instrument] = Field(default_factory=dict)
+    pdus: dict[str, PduConfig] = Field(default_factory=dict,
+                                       description="PDUs switched through pdudaemon servers")
     host: HostConfig = HostConfig()
     terminals: dict[str, TerminalConfig]
     safe_power: Literal["off", "on", "leave"] = Field("off", description="power state on exit")
@@ -351,14 +401,23 @@ class LabConfig(Strict):
                 raise _field_error(("terminals", name, "model"), f"unknown model {t.model!r}")
             m = self.models[t.model]
             p = t.power
+            if p.pdu is not None:  # an outlet of a PDU behind pdudaemon, no instrument
+                pdu = self.pdus.get(p.pdu)
+                if pdu is None:
+                    raise _field_error(("terminals", name, "power", "pdu"),
+                                       f"no pdu {p.pdu!r} in pdus: ({', '.join(self.pdus) or 'none'})")
+                if pdu.ports is not None and p.outlet > pdu.ports:
+                    raise _field_error(("terminals", name, "power", "port"),
+                                       f"pdu {p.pdu} has {pdu.ports} ports, not {p.outlet}")
+                continue
             backend = p.psu or p.relay
             inst = self.instruments.get(backend or "")
             want = "psu" if p.psu else "relay"
             if inst is None or inst.kind != want:
                 raise _field_error(("terminals", name, "power", want), f"no {want} instrument {backend!r}")
-            if p.channel > inst.channels:
+            if p.outlet > inst.channels:
                 raise _field_error(("terminals", name, "power", "channel"),
-                                   f"{backend} has {inst.channels} channels, not {p.channel}")
+                                   f"{backend} has {inst.channels} channels, not {p.outlet}")
             if p.voltage is not None and p.voltage > m.voltage_max:
                 raise _field_error(("terminals", name, "power", "voltage"),
                                    f"{p.voltage} V is above model {t.model!r} voltage_max {m.voltage_max} V")

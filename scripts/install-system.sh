@@ -3,10 +3,13 @@
 #   pcscd vsmartcard-vpcd libpcsclite-dev swig : PC/SC reader emulation (pyscard builds against them)
 #   nftables iproute2                          : kernel network faults inside test namespaces
 #   python3-venv                               : the project's virtualenv
-#   socat                                      : the baseline relay of the proxy benchmark
+#   socat                                      : the baseline relay of the proxy benchmark; the
+#                                                pdudaemon test's localcmdline PDU switches the virtual PSU with it
+#   libsystemd-dev pkgconf gcc                 : pdudaemon (dev extra) depends on systemd-python, built from source
 #   chromium                                   : the live page's test (headless; tests/integration/test_service_page.py)
 set -euo pipefail
-pkgs=(pcscd vsmartcard-vpcd libpcsclite-dev swig nftables iproute2 python3-venv socat chromium)
+pkgs=(pcscd vsmartcard-vpcd libpcsclite-dev swig nftables iproute2 python3-venv socat chromium
+      libsystemd-dev pkgconf gcc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

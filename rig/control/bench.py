@@ -25,6 +25,7 @@ from ..core.clock import WallToMono
 from ..core.errors import InfrastructureError, TestError
 from ..drivers.console import ConsoleReader
 from ..drivers.ecr import EcrDriver
+from ..drivers.pdu import PduDriver
 from ..drivers.profiles import get_profile
 from ..drivers.psu import PsuDriver
 from ..drivers.relay import RelayDriver
@@ -159,7 +160,7 @@ class Bench:
                 for t in cfg.terminals.values():
                     if t.power.psu == name:
                         m = cfg.models[t.model]
-                        limits[t.power.channel] = (m.voltage_max, m.current_max)
+                        limits[t.power.outlet] = (m.voltage_max, m.current_max)
                 drv = PsuDriver(name, inst, self.recorder, limits=limits)
                 drv.open()
                 self._stack.callback(drv.close)
@@ -169,6 +170,11 @@ class Bench:
                 rdrv.open()
                 self._stack.callback(rdrv.close)
                 self.relays[name] = rdrv
+        for name, pcfg in cfg.pdus.items():  # PDUs behind pdudaemon: checked it answers
+            pdu = PduDriver(name, pcfg, self.recorder)
+            pdu.open()
+            self._stack.callback(pdu.close)
+            hw.pdus[name] = pdu
 
         for tname, t in cfg.terminals.items():
             if t.console:
@@ -278,7 +284,9 @@ class Bench:
             lab=self.cfg.name, label=label, config=self.cfg.snapshot(),
             clock={"host": os.uname().nodename, "wall_minus_mono_ns": w2m.offset_ns(),
                    "power_on": "PSU: acknowledge RX of the output command, bracketed by its TX "
-                               "(event data tx_ns / ack_ns / bracket_ns); relay: after flush()",
+                               "(event data tx_ns / ack_ns / bracket_ns); relay: after flush(); "
+                               "pdu: pdudaemon's HTTP answer, bracketed by the request's TX "
+                               "(coarse: its queue and the PDU's I/O are inside the bracket)",
                    "sources": {"host": "kernel SO_TIMESTAMPNS (rx), kernel TX stamps (tx)",
                                "console": "kernel SO_TIMESTAMPNS", "psu": "kernel SO_TIMESTAMPNS",
                                "ecr": "thread"},

@@ -127,7 +127,8 @@ class PsuDriver:
 
     # --- connection --------------------------------------------------------------------------
     def open(self) -> PsuDriver:
-        """Connect, read ``*IDN?`` (proves the instrument answers) and drain stale errors."""
+        """Connect, read ``*IDN?`` (proves the instrument answers, and that it is of the family
+        the dialect speaks to: nothing else is sent to one that is not) and drain stale errors."""
         with self._lock:
             if self._res is None:
                 self._connect()
@@ -136,6 +137,13 @@ class PsuDriver:
                 self._drop()
                 raise InstrumentError(f"{self.who}: '*IDN?' answered {self.identity!r}, not an "
                                       f"instrument identity; {self._hint}")
+            if not self.dialect.fits(self.identity):
+                self._drop()
+                raise InstrumentError(
+                    f"{self.who}: '*IDN?' answered {self.identity!r}, but the configured "
+                    f"dialect {self.dialect.name!r} is for the {self.dialect.family}; nothing was "
+                    f"sent to its outputs. Fix the instrument's dialect in the lab config, or "
+                    f"the resource if this is the wrong instrument")
             stale = self._drain_errors()
             if stale:
                 log.warning("%s: cleared stale errors %s", self.who, stale)

@@ -6,7 +6,9 @@ building. Templates are ``str.format`` strings over ``ch`` (channel), ``v`` (vol
 channel selected with ``INST:NSEL``), it is prepended to every command in the same line
 (``INST:NSEL 1;:VOLT 12.000``), so selection and command are one program message and cannot be
 split by another client. ``ack`` is the query that acknowledges a setting (``*OPC?``); a dialect
-without one (Siglent SPD3303X) acknowledges by reading the setting back.
+without one (Siglent SPD3303X) acknowledges by reading the setting back. ``identity`` is what
+the ``*IDN?`` answer of a fitting instrument looks like: the driver checks it on connect, before
+any output changes.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class PsuDialect:
     compound: bool = True  # several queries in one program message, replies joined by ';'
     error_query: str = "SYST:ERR?"
     idn: str = "*IDN?"
+    # what the *IDN? answer of a fitting instrument looks like (re.match, case-insensitive,
+    # on "maker,model,serial,firmware"); None: any SCPI identity (the generic dialect)
+    identity: str | None = None
+    family: str = "any SCPI power supply"  # said in the error when the identity does not fit
     on_off: tuple[str, str] = ("ON", "OFF")
     parse_output: Callable[[str, int], bool] = parse_on_off
     parse_float: Callable[[str], float] = parse_float
@@ -79,6 +85,12 @@ class PsuDialect:
 
     def state(self, on: bool) -> str:
         return self.on_off[0] if on else self.on_off[1]
+
+    def fits(self, idn: str) -> bool:
+        """Whether an instrument answering ``idn`` to ``*IDN?`` speaks this dialect."""
+        if self.identity is None:
+            return True
+        return re.match(self.identity, idn.strip(), re.IGNORECASE) is not None
 
 
 GENERIC = PsuDialect(
@@ -105,6 +117,8 @@ KEYSIGHT_E36300 = PsuDialect(
     query_current="CURR? (@{ch})",
     measure_voltage="MEAS:VOLT? (@{ch})",
     measure_current="MEAS:CURR? (@{ch})",
+    identity=r"(Keysight|Agilent) Technologies\s*,\s*E363\d\d",
+    family="Keysight E36300 series (E36311A / E36312A / E36313A)",
 )
 
 RIGOL_DP800 = PsuDialect(
@@ -118,6 +132,8 @@ RIGOL_DP800 = PsuDialect(
     query_current=":SOUR{ch}:CURR?",
     measure_voltage=":MEAS:VOLT? CH{ch}",
     measure_current=":MEAS:CURR? CH{ch}",
+    identity=r"RIGOL TECHNOLOGIES\s*,\s*DP8\d\d",
+    family="Rigol DP800 series (DP811 / DP821 / DP831 / DP832)",
 )
 
 SIGLENT_SPD3303 = PsuDialect(
@@ -134,6 +150,8 @@ SIGLENT_SPD3303 = PsuDialect(
     ack=None,  # no *OPC? habit: acknowledge by reading the setting back
     compound=False,  # the SPD3303X answers one query per line
     parse_output=parse_siglent_status,
+    identity=r"Siglent Technologies\s*,\s*SPD3303",
+    family="Siglent SPD3303X / SPD3303X-E",
 )
 
 DIALECTS: dict[str, PsuDialect] = {

@@ -1,10 +1,13 @@
-"""Power faults through the terminal's PSU channel (or relay): dropout, brownout, slow ramp.
+"""Power faults through the terminal's PSU channel (or relay, or PDU outlet): dropout,
+brownout, slow ramp.
 
 A transient runs in its own thread: :meth:`PowerTransient.start` returns once the first change
 is acknowledged by the instrument (so ``FAULT_ON`` is stamped after the terminal really lost
 power), the thread sleeps out the fault and restores nominal power, then calls ``on_done`` (the
 injector records ``FAULT_OFF``). ``stop()`` ends it early and always leaves nominal power, the
-output on. A relay can only switch: it supports dropout alone (checked before anything changes).
+output on. A relay and a PDU outlet (through pdudaemon) can only switch: they support dropout
+alone (checked before anything changes); a PDU's dropout is as coarse as pdudaemon's answers
+(each edge takes one HTTP request, the PDU's own I/O included).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ log = logging.getLogger(__name__)
 class PowerPath:
     """How a terminal is powered, as the power faults need it."""
 
-    kind: str  # "psu" | "relay"
-    driver: Any  # PsuDriver | RelayDriver
+    kind: str  # "psu" | "relay" | "pdu"
+    driver: Any  # PsuDriver | RelayDriver | PduDriver
     channel: int
     nominal_v: float | None = None
     min_v_hint: float | None = None
@@ -34,8 +37,10 @@ class PowerPath:
 
 class PowerTransient:
     def __init__(self, terminal: str, path: PowerPath, fault: spec.Fault) -> None:
-        if path.kind == "relay" and not isinstance(fault, spec.PowerDropout):
-            raise TestError(f"{terminal}: a relay can only switch; {fault.name} needs a PSU")
+        if path.kind in ("relay", "pdu") and not isinstance(fault, spec.PowerDropout):
+            what = "a relay" if path.kind == "relay" else "a PDU outlet (pdudaemon)"
+            raise TestError(f"{terminal}: {what} can only switch; {fault.name} needs a PSU "
+                            f"(use PowerDropout)")
         if path.kind == "psu" and path.nominal_v is None:
             raise TestError(f"{terminal}: no nominal voltage configured for its PSU channel")
         self.terminal, self.path, self.fault = terminal, path, fault

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import scpi
 from .scpi import Call, CommandTable, ErrorQueue, ScpiError
@@ -81,17 +81,19 @@ class ScpiPsuServer:
     ``on_power(channel, powered, volts)`` runs in the event loop whenever a channel's effective
     output (on/off, or its voltage while on) changes (the line that changed it arrived at
     :attr:`line_rx`, the kernel's receive stamp); ``load(channel)`` is the current (A) the
-    load draws now, ``MEAS:CURR?`` reports ``min(load, limit)`` and 0 when off.
+    load draws now, ``MEAS:CURR?`` reports ``min(load, limit)`` and 0 when off. ``*IDN?``
+    answers the model family's identity (so the rig's identity check passes for the dialect of
+    the same name); ``idn`` replaces it (an instrument other than the one configured).
     """
 
     def __init__(self, channels: int, model: str = "generic", on_power: OnPower | None = None,
-                 load: Load | None = None) -> None:
+                 load: Load | None = None, idn: str | None = None) -> None:
         if model not in MODELS:
             raise ValueError(f"unknown PSU model {model!r}; known: {', '.join(MODELS)}")
         if not 1 <= channels <= 99:
             raise ValueError(f"channels must be 1..99, not {channels}")
         self.model_name = model
-        self.model = MODELS[model]
+        self.model = MODELS[model] if idn is None else replace(MODELS[model], idn=idn)
         self.channels = channels
         self._on_power = on_power
         self._load = load

@@ -21,6 +21,7 @@ class EventKind(StrEnum):
     POWER_OFF = "power_off"
     PSU_IO = "psu_io"  # one SCPI exchange (command, reply)
     RELAY_IO = "relay_io"
+    PDU_IO = "pdu_io"  # one pdudaemon HTTP request (on/off of a PDU port) and its answer
     # terminal console / ECR
     CONSOLE_LINE = "console_line"
     BOOT_DONE = "boot_done"

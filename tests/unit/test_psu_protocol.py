@@ -422,3 +422,48 @@ def test_a_bad_setting_in_one_message_is_explained_by_the_error_queue():
         with pytest.raises(InstrumentError,
                            match=r"'INST:NSEL 1;:OUTP ON' failed, the instrument reports -113"):
             d.output(1, True)
+
+
+# --- instrument identity: *IDN? is checked against the dialect before anything else ----------
+
+@pytest.mark.parametrize("dialect", ALL)
+def test_each_dialect_fits_its_own_family(dialect):
+    assert DIALECTS[dialect].fits(IDN[dialect])
+
+
+@pytest.mark.parametrize("dialect,idn", [
+    ("keysight_e36300", "Agilent Technologies,E36313A,MY00000001,1.0.0"),
+    ("keysight_e36300", "KEYSIGHT TECHNOLOGIES, E36311A, MY1, 2.0"),
+    ("rigol_dp800", "RIGOL TECHNOLOGIES,DP811A,DP8B000001,00.01.14"),
+    ("siglent_spd3303", "Siglent Technologies,SPD3303X-E,SPD3XGC000001,1.01.01.02.07R2"),
+    ("generic", IDN["rigol_dp800"]),  # generic SCPI: any instrument identity
+])
+def test_identities_of_the_same_family_fit(dialect, idn):
+    assert DIALECTS[dialect].fits(idn)
+
+
+@pytest.mark.parametrize("dialect,answer", [
+    ("keysight_e36300", IDN["rigol_dp800"]),  # a Rigol where a Keysight is configured
+    ("rigol_dp800", IDN["siglent_spd3303"]),
+    ("siglent_spd3303", IDN["keysight_e36300"]),
+    ("keysight_e36300", "Keysight Technologies,34465A,MY1,A.03"),  # a DMM of the same maker
+])
+def test_a_mismatching_identity_is_refused_before_any_output_changes(dialect, answer):
+    cfg = PsuConfig(resource=RESOURCE, dialect=dialect)
+    sink = ListSink()
+    fake: list = []
+
+    def factory(opener):
+        fake.append(opener.__self__)
+        return PsuDriver("psu1", cfg, sink, LIMITS, opener=opener).open()
+
+    # the transcript is the *IDN? alone: no error-queue drain, no setting, no OUTP
+    with pytest.raises(InstrumentError) as err:
+        with expected_protocol(factory, [("*IDN?", answer)]):
+            pass
+    msg = str(err.value)
+    assert msg.startswith(f"psu1 ({RESOURCE}): '*IDN?' answered {answer!r}")
+    assert f"dialect {dialect!r}" in msg and DIALECTS[dialect].family in msg
+    assert "nothing was sent to its outputs" in msg
+    assert fake[0].written == ["*IDN?"] and fake[0].closed == 1
+    assert [e.data["cmd"] for e in sink.events if e.kind is EventKind.PSU_IO] == ["*IDN?"]
