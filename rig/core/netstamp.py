@@ -10,6 +10,8 @@ timeline. Without a control message (timestamping unavailable) the reader falls 
 
 from __future__ import annotations
 
+import array
+import fcntl
 import select
 import socket
 import struct
@@ -209,3 +211,44 @@ class StampingSocket:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._sock, name)
+
+
+def rx_stamp(anc: list[tuple[int, int, bytes]], flags: int, mapper: WallToMono,
+             after_ns: int) -> RxStamp:
+    """The stamp of one ``recvmsg`` (its ancillary data and flags): the kernel's receive stamp
+    mapped to monotonic, else (no control message) the calling thread's ``now()``.
+    ``after_ns``: ``time.monotonic_ns()`` taken right after ``recvmsg`` returned."""
+    wall = None if flags & socket.MSG_CTRUNC else kernel_wall_ns(anc)
+    if wall is None:
+        st = now()
+        return RxStamp(st.mono_ns, st.wall_ns, ClockSource.THREAD, None)
+    mono = mapper.to_mono(wall)
+    return RxStamp(mono, wall, ClockSource.KERNEL, after_ns - mono)
+
+
+def drain_tx_stamps(sock: socket.socket) -> int | None:
+    """Empty ``sock``'s error queue without waiting; the newest software TX stamp in it
+    (CLOCK_REALTIME ns), or None. Also what a non-blocking loop must do when the socket
+    polls readable only because a TX stamp is queued (POLLERR)."""
+    best: int | None = None
+    while True:
+        try:
+            _, anc, _, _ = sock.recvmsg(0, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: empty; anything else: nothing to read either
+            return best
+        wall = tx_wall_ns(anc)
+        if wall is not None:
+            best = wall if best is None else max(best, wall)
+
+
+SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent (linux/sockios.h)
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes ``sock`` has queued but not yet sent (0 where the kernel cannot say)."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, buf)
+    except OSError:
+        return 0
+    return buf[0]

@@ -1,9 +1,15 @@
 """One terminal connection to the acquirer host: read frames, answer network and (CUP)
 financial messages (decided by :mod:`rig.host.txn`), record.
 
-Runs in its own thread on a blocking socket. Each request is stamped with the kernel receive
-time of its last TCP segment, each response with the kernel's transmit stamp (see
-:mod:`rig.core.netstamp`). A protocol error is recorded and closes this connection only.
+A coroutine on the host's event loop (:mod:`rig.host.server`), one per connection, reading
+through :class:`rig.host.conn.HostConn`: each request is stamped with the kernel receive time
+of its last TCP segment, each response with the kernel's transmit stamp (see
+:mod:`rig.core.netstamp`). Deciding the answer is synchronous (no I/O); waiting out a
+processing delay and sending are awaited, so a slow or faulted reply holds up only its own
+connection. A protocol error is recorded and closes this connection only; so does a frame not
+completed within the frame deadline, or no frame within the idle limit (``idle timeout``).
+The server ends a session by cancelling it, with the reason it gives (``host stopped``,
+``evicted``).
 
 Host faults (:class:`rig.host.rules.HostFaultSpec`) are looked up once a request is decoded
 and classified (after the receive stamp). What they did is in the events: a ``*_RSP`` carries
@@ -16,9 +22,9 @@ decided) and ``length`` (of the random body sent).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,12 +36,14 @@ from rig.core.errors import ProtocolError
 from rig.core.redact import redact_text
 from rig.iso8583.cup_txn import FINANCIAL_MTIS, check_financial
 from rig.iso8583.dialects import Dialect, Message
-from rig.iso8583.framing import ConnectionClosed, frame, read_frame
+from rig.iso8583.framing import ConnectionClosed, frame
 from rig.iso8583.keys import encode_field62, generate_working_keys
 from rig.timeline.events import Event, EventKind, Sink
 
-from ..core.netstamp import RxStamp, StampedReader, send_stamped
+from ..core.netstamp import RxStamp
 from . import responses
+from .conn import HostConn
+from .flood import FloodLog
 from .rules import APPROVED, NO_FAULTS, FaultPlan, MessageClass, ResponseRules
 from .state import HostStates
 from .txn import RC_INVALID_MERCHANT, TxnProcessor, request_event
@@ -67,6 +75,7 @@ class HostContext:
     max_frame: int
     stopping: threading.Event
     next_rrn: Callable[[], str]
+    flood: FloodLog  # what peers do wrong, logged once per kind and interval
     txn: TxnProcessor | None = None  # financial requests (CUP only)
 
 
@@ -81,30 +90,60 @@ class _Close(Exception):
         self.reason = reason
 
 
-class Session:
-    """Serves one accepted connection until the peer closes, an error, or host stop."""
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A reply decided, to be sent once its delay is over, then recorded."""
 
-    def __init__(self, ctx: HostContext, sock: socket.socket, peer: str,
-                 accepted: Stamp) -> None:
+    body: bytes
+    due_mono_ns: int
+    kind: EventKind
+    terminal: str | None
+    data: dict[str, object]
+
+
+class Activity:
+    """What a session tells its server: a request arrived (busy: not to be evicted), it was
+    handled (idle again). The server's implementation keeps the eviction order."""
+
+    def busy(self) -> None:
+        """A whole request arrived."""
+
+    def served(self) -> None:
+        """The request was answered (or withheld); waiting for the next."""
+
+
+class Session:
+    """Serves one accepted connection until the peer closes, an error, a deadline, or the
+    server cancels it (:meth:`end`)."""
+
+    def __init__(self, ctx: HostContext, conn: HostConn, peer: str, accepted: Stamp,
+                 activity: Activity | None = None) -> None:
         self.ctx = ctx
         self.accepted = accepted
-        self.sock = sock
+        self.conn = conn
         self.peer = peer
-        self.reader = StampedReader(sock, ctx.mapper, idle_timeout_s=ctx.idle_timeout_s,
-                                    frame_timeout_s=ctx.frame_timeout_s)
+        self.activity = activity or Activity()
         self.frames = 0
         self.held = False  # a reply was withheld (no_response): no idle timeout until a frame
+        self.end_reason = "host stopped"  # why the server cancelled it
+        self.started = False
+        self._reply: _Reply | None = None
 
     # --- loop -----------------------------------------------------------------------------
-    def run(self) -> None:
+    async def run(self) -> None:
+        """Serve until the connection ends; records HOST_CONNECT ... HOST_DISCONNECT. A
+        cancellation (from the server) ends it with :attr:`end_reason`."""
+        self.started = True
         # stamped when accept() returned: the kernel may have queued the first request earlier
         self._record(Event.at(self.accepted, EventKind.HOST_CONNECT, SOURCE, peer=self.peer))
         reason = "peer closed"
         try:
             while True:
-                self._serve_one()
+                await self._serve_one()
         except _Close as c:
             reason = c.reason
+        except asyncio.CancelledError:
+            reason = self.end_reason
         except Exception as e:  # a host bug: say so, keep the other connections serving
             log.exception("host session %s failed", self.peer)
             reason = "host error"
@@ -112,15 +151,31 @@ class Session:
                                    error=safe_text(f"{type(e).__name__}: {e}")))
         finally:
             try:
-                self.sock.close()
+                self.conn.close()
             finally:
                 self._record(Event.now(EventKind.HOST_DISCONNECT, SOURCE, peer=self.peer,
                                        reason=reason, frames=self.frames))
 
-    def _serve_one(self) -> None:
-        self.reader.begin_frame()
+    def abandoned(self) -> None:
+        """The server cancelled the task before :meth:`run` began: record what it would have."""
+        self.conn.close()
+        self._record(Event.at(self.accepted, EventKind.HOST_CONNECT, SOURCE, peer=self.peer))
+        self._record(Event.now(EventKind.HOST_DISCONNECT, SOURCE, peer=self.peer,
+                               reason=self.end_reason, frames=0))
+
+    def end(self, reason: str) -> None:
+        """Close the connection now (its fd is free at once); the server then cancels the
+        task, which records HOST_DISCONNECT with ``reason``."""
+        self.end_reason = reason
+        self.conn.close()
+
+    async def _serve_one(self) -> None:
+        conn = self.conn
+        # one frame per turn: a peer that pipelines frames (or keep-alives) faster than they
+        # are served would otherwise never let the loop go to the other connections
+        await asyncio.sleep(0)
         try:
-            body = read_frame(self.reader.read_exactly, self.ctx.max_frame)
+            body = await conn.read_frame(self.ctx.max_frame)
         except ConnectionClosed:
             raise _Close("host stopped" if self.ctx.stopping.is_set() else "peer closed") from None
         except ProtocolError as e:
@@ -128,9 +183,9 @@ class Session:
                 raise _Close("host stopped") from None
             self._protocol_error(str(e))
         except TimeoutError:
-            if self.reader.in_frame:
-                self._protocol_error(f"frame incomplete after {self.ctx.frame_timeout_s:g} s "
-                                     f"({self.reader.frame_bytes} bytes received)")
+            if conn.in_frame:
+                self._protocol_error(f"frame incomplete after {conn.frame_timeout_s:g} s "
+                                     f"({conn.frame_bytes} bytes received)")
             if self.held:  # the peer waits for the reply it will never get: let it close
                 return
             raise _Close("idle timeout") from None
@@ -139,17 +194,26 @@ class Session:
                          else f"receive failed: {e.strerror or e}") from None
         if not body:  # zero-length keep-alive frame
             return
-        rx = self.reader.last
+        rx = conn.last
         assert rx is not None
         self.frames += 1
+        self.activity.busy()
         try:
             msg = self.ctx.dialect.decode(body)
         except Exception as e:  # any failure to parse untrusted bytes is the peer's error
             if not isinstance(e, ProtocolError):
-                log.warning("%s decode raised %s (not ProtocolError)",
-                            self.ctx.dialect.name, type(e).__name__)
+                self.ctx.flood.note("decoder failures", logging.WARNING,
+                                    "%s decode raised %s (not ProtocolError)",
+                                    self.ctx.dialect.name, type(e).__name__)
             self._protocol_error(f"undecodable {len(body)}-byte message: {e}", length=len(body))
+        self._reply = None
         self._dispatch(msg, rx, body)
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            tx = await self._send(reply.body, reply.due_mono_ns)
+            self.held = False
+            self._stamped(tx, reply.kind, reply.terminal, **reply.data)
+        self.activity.served()
 
     def _protocol_error(self, error: str, length: int | None = None,
                         mti: str | None = None) -> NoReturn:
@@ -159,7 +223,8 @@ class Session:
         if mti is not None:
             data["mti"] = mti
         self._record(Event.at(now(), EventKind.PROTOCOL_ERROR, SOURCE, **data))
-        log.info("host: protocol error from %s: %s; closing", self.peer, data["error"])
+        self.ctx.flood.note("protocol errors", logging.INFO,
+                            "host: protocol error from %s: %s; closing", self.peer, data["error"])
         raise _Close("protocol error")
 
     # --- dispatch -------------------------------------------------------------------------
@@ -206,7 +271,8 @@ class Session:
     def _answer(self, plan: FaultPlan, rx: RxStamp, reply: Message, mak: bytes | None,
                 delay_s: float, kind: EventKind, name: str | None,
                 data: dict[str, object]) -> None:
-        """Send ``reply`` (or what the faults make of it) and record the response event."""
+        """Decide what to send for ``reply`` (or what the faults make of it), and when; the
+        loop sends it and records the response event."""
         if plan.disposition == "no_response":
             self.held = True
             return
@@ -214,9 +280,8 @@ class Session:
         if plan.disposition == "garbage":
             body = self._garbage(len(body))
             data = {**data, "rc": None, "host_rc": data.get("rc"), "length": len(body)}
-        tx = self._send(body, rx, delay_s + plan.delay_ms / 1000.0)
-        self.held = False
-        self._stamped(tx, kind, name, **data, **plan.event_data())
+        due = rx.mono_ns + int((delay_s + plan.delay_ms / 1000.0) * 1e9)
+        self._reply = _Reply(body, due, kind, name, {**data, **plan.event_data()})
 
     def _signon(self, msg: Message, rx: RxStamp, tid: str,
                 terminal: tuple[str, bytes, str] | None) -> None:
@@ -231,7 +296,8 @@ class Session:
         keys = None
         if terminal is None:
             rc = RC_INVALID_MERCHANT
-            log.warning("host: sign-on from unknown terminal id %r (%s)", tid, self.peer)
+            ctx.flood.note("sign-ons from unknown terminal ids", logging.WARNING,
+                           "host: sign-on from unknown terminal id %r (%s)", tid, self.peer)
         else:
             rc = plan.rc or ctx.rules.rc_for(name, APPROVED)
             if rc == APPROVED and key_mode is not None and responses.carries_keys(ctx.dialect):
@@ -307,17 +373,18 @@ class Session:
             junk = os.urandom(length)
         return junk
 
-    def _send(self, body: bytes, rx: RxStamp, delay_s: float) -> RxStamp:
-        """Wait until ``delay_s`` after the request arrived, send ``body`` as one frame;
-        returns the kernel's transmit stamp (thread stamp after ``sendall`` where TX stamping
-        is unavailable)."""
+    async def _send(self, body: bytes, due_mono_ns: int) -> RxStamp:
+        """Wait (without holding up other connections) until ``due_mono_ns``, send ``body``
+        as one frame; returns the kernel's transmit stamp (thread stamp where TX stamping is
+        unavailable)."""
         data = frame(body)
-        wait_s = (rx.mono_ns + int(delay_s * 1e9) - time.monotonic_ns()) / 1e9
-        if wait_s > 0 and self.ctx.stopping.wait(wait_s):
-            raise _Close("host stopped")
+        wait_s = (due_mono_ns - time.monotonic_ns()) / 1e9
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
         try:
-            self.sock.settimeout(self.ctx.frame_timeout_s)
-            return send_stamped(self.sock, data, self.ctx.mapper)
+            return await self.conn.send(data, self.conn.frame_timeout_s)
+        except TimeoutError as e:
+            raise _Close(f"send failed: {e}") from None
         except OSError as e:
             raise _Close(f"send failed: {e.strerror or e}") from None
 

@@ -268,15 +268,24 @@ def test_keepalive_frame_is_ignored(host: AcquirerHost, sink: ListSink) -> None:
     assert not [e for e in sink.events if e.kind is EventKind.PROTOCOL_ERROR]
 
 
-def test_connection_limit(sink: ListSink) -> None:
+def test_at_the_cap_the_oldest_idle_connection_is_evicted(sink: ListSink) -> None:
     with AcquirerHost(CFG, sink, listen="127.0.0.1:0", max_connections=2) as h:
-        a, b = connect(h.address), connect(h.address)
-        wait_event(sink, lambda e: len([x for x in sink.events
-                                        if x.kind is EventKind.HOST_CONNECT]) == 2)
+        a = connect(h.address)
+        exchange(a, signon("T1"))  # served: kept over a connection that never sent a request
+        b = connect(h.address)
+        wait_events(sink, EventKind.HOST_CONNECT, 2)
         c = connect(h.address)
-        assert closed_by_peer(c)
-        for sock in (a, b):
-            _, reply, _ = exchange(sock, signon("T1"))
+        assert closed_by_peer(b)  # never served: evicted first, though a is older
+        for sock in (a, c):  # a, then c: a's last request is now the oldest
+            _, reply, _ = exchange(sock, signon("T1", "000002"))
             assert ref.parse_frame(reply).fields[39] == "00"
-        for sock in (a, b, c):
+        d = connect(h.address)
+        assert closed_by_peer(a)
+        _, reply, _ = exchange(d, signon("T1", "000003"))
+        assert ref.parse_frame(reply).fields[39] == "00"
+        evicted = [e for e in wait_events(sink, EventKind.HOST_DISCONNECT, 2)]
+        assert [e.data["reason"] for e in evicted] == ["evicted", "evicted"]
+        assert [e.data["peer"] for e in evicted] == [peer_of(b), peer_of(a)]
+        assert h.connections == 2
+        for sock in (a, b, c, d):
             sock.close()
