@@ -98,8 +98,10 @@ class Injector:
             raise TestError(f"{fault.name}: this rig runs no acquirer host")
         if layer == "power":
             p = cfg.terminals[terminal].power
-            if p.relay and not getattr(fault, "relay_ok", False):
-                raise TestError(f"{terminal} is powered through relay {p.relay}: a relay can only "
+            switch_only = (f"relay {p.relay}" if p.relay else
+                           f"PDU {p.pdu} (pdudaemon)" if p.pdu else None)
+            if switch_only and not getattr(fault, "relay_ok", False):
+                raise TestError(f"{terminal} is powered through {switch_only}: it can only "
                                 f"switch, so {fault.name} is impossible; use PowerDropout")
             if isinstance(fault, spec.Brownout | spec.SlowRamp) and p.voltage is not None:
                 v = fault.volts if isinstance(fault, spec.Brownout) else fault.from_volts

@@ -563,11 +563,12 @@ def _check_case_lab(case: Case, loc: Loc, lab: LabConfig, terminals: list[str],
             out.append((where, f"fault {f.name} needs the virtual lab's control port; on a "
                         "bench, put a card with that defect in the magazine"))
         if f.layer == "power" and not getattr(f, "relay_ok", False):
-            relayed = [t for t in terminals if lab.terminals[t].power.relay is not None]
+            relayed = [t for t in terminals if lab.terminals[t].power.relay is not None
+                       or lab.terminals[t].power.pdu is not None]
             if relayed:
                 out.append((where, f"fault {f.name} needs a PSU channel; "
                             f"{', '.join(relayed)} {'is' if len(relayed) == 1 else 'are'} "
-                            "powered through a relay (only power_dropout works there)"))
+                            "powered through a relay or a PDU (only power_dropout works there)"))
     return out
 
 
