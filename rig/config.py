@@ -268,7 +268,12 @@ class HostConfig(Strict):
     listen: str = "127.0.0.1:5800"
     processing_ms: float = Field(0.0, ge=0, description="delay before each response")
     rules: dict[str, HostRule] = Field(default_factory=dict, description="per terminal name")
-    read_timeout_s: float = Field(30.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0, description="a connection idle this long is closed")
+    frame_timeout_s: float = Field(10.0, gt=0, description="a frame must be complete this long "
+                                   "after its first byte (capped by read_timeout_s)")
+    max_connections: int = Field(512, ge=1, le=60000, description="open connections; at the cap "
+                                 "a new one evicts the oldest idle connection (keep it under "
+                                 "the process's open-file limit)")
     overrides: list[HostOverride] = Field(
         default_factory=list, description="forced response codes; the first match wins")
     cards_dir: str = Field("configs/cards", description="card profiles the host knows "

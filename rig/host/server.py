@@ -56,12 +56,9 @@ _JOIN_S = 5.0
 _BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 _ACCEPT_BATCH = 256  # accepts per wake-up of the listener, so a flood cannot starve the rest
 _ACCEPT_PAUSE_S = 0.05  # out of file descriptors and nothing to evict: listen again after this
-FRAME_TIMEOUT_S = 10.0
-"""Default frame deadline (capped by ``read_timeout_s``): generous for a terminal on a slow
-link, short enough that half-sent frames do not pile up."""
-MAX_CONNECTIONS = 512
-"""Default cap: far above a lab's terminals, and keeps the process under the usual 1024 open
-files (``select()``-based libraries in the same process break past fd 1023)."""
+# The frame deadline and the connection cap come from the lab's host: section
+# (HostConfig.frame_timeout_s, 10 s; max_connections, 512: far above a lab's terminals, and under
+# the usual 1024 open files, since select()-based libraries in the same process break past fd 1023).
 
 
 def _split_hostport(listen: str) -> tuple[str, int]:
@@ -102,17 +99,18 @@ class AcquirerHost:
 
     def __init__(self, cfg: LabConfig, sink: Sink, listen: str | None = None, *,
                  rules: ResponseRules | None = None, max_frame: int = MAX_FRAME,
-                 max_connections: int = MAX_CONNECTIONS, idle_timeout_s: float | None = None,
+                 max_connections: int | None = None, idle_timeout_s: float | None = None,
                  frame_timeout_s: float | None = None, flood_interval_s: float = 10.0) -> None:
         self.cfg = cfg
         self.sink = sink
         self.listen = listen or cfg.host.listen
         self.dialect = get_dialect(cfg.host.dialect)
         self.rules = rules or ResponseRules(cfg.host)
-        self.max_connections = max_connections
+        self.max_connections = (cfg.host.max_connections if max_connections is None
+                                else max_connections)
         idle_s = cfg.host.read_timeout_s if idle_timeout_s is None else idle_timeout_s
-        frame_s = (min(cfg.host.read_timeout_s, FRAME_TIMEOUT_S) if frame_timeout_s is None
-                   else frame_timeout_s)
+        frame_s = (min(cfg.host.read_timeout_s, cfg.host.frame_timeout_s)
+                   if frame_timeout_s is None else frame_timeout_s)
         if idle_s <= 0 or frame_s <= 0:
             raise ValueError(f"host: idle and frame timeouts must be > 0 s, got {idle_s} and "
                              f"{frame_s}")
@@ -136,7 +134,7 @@ class AcquirerHost:
             max_frame=max_frame, stopping=self._stopping, next_rrn=self._next_rrn,
             flood=self.flood, txn=self.txn,
         )
-        self._table: ConnTable[Session] = ConnTable(max_connections)
+        self._table: ConnTable[Session] = ConnTable(self.max_connections)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._lsock: socket.socket | None = None
         self._address: tuple[str, int] | None = None
