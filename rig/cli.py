@@ -592,6 +592,115 @@ def robot_park(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     out.print(_robot_do(config, "park"))
 
 
+# --- terminal profiles: console, profile check, keypad ---------------------------------------------
+profile_app = typer.Typer(no_args_is_help=True, help="Terminal profiles (configs/profiles).")
+app.add_typer(profile_app, name="profile")
+
+
+def _console_text(ev: Any) -> str:
+    """The line as the terminal printed it."""
+    return str(ev.data.get("raw") or ev.data.get("line") or "")
+
+
+def _stamp_text(wall_ns: int) -> str:
+    from datetime import UTC, datetime
+
+    t = datetime.fromtimestamp(wall_ns / 1e9, UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{wall_ns % 1_000_000_000 // 1000:06d}Z"
+
+
+@app.command()
+def console(terminal: str,
+            capture: Annotated[str | None, typer.Option(
+                "--capture", help="power-cycle the terminal and write its console to FILE")] = None,
+            sale: Annotated[bool, typer.Option(
+                "--sale", help="with --capture: also run one sale after READY")] = False,
+            timeout_s: Annotated[float, typer.Option(help="--capture: READY timeout (s)")] = 60.0,
+            config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Live console lines of TERMINAL with their stamps (Ctrl-C ends); with --capture, one power
+    cycle's console (stamped, UTF-8) to a file for `rig profile check`."""
+    from rich.markup import escape
+
+    _sigterm_as_interrupt()
+    source = f"{terminal}.console"
+    with _open(config) as rig:
+        if capture is None:
+            try:
+                for ev in rig.events(follow=True, terminal=terminal):
+                    if ev.source == source:
+                        out.print(f"{_stamp_text(ev.wall_ns)} [dim]{ev.kind}[/dim] "
+                                  f"{escape(_console_text(ev))}", highlight=False, soft_wrap=True)
+                        out.file.flush()
+            except KeyboardInterrupt:
+                pass
+            return
+        start = time.monotonic_ns()
+        rig.power_cycle(terminal)
+        s = rig.wait_signon(terminal, timeout_s=timeout_s)
+        if sale and s.ok:
+            rig.sale(terminal)
+        time.sleep(0.3)  # the last lines' events reach the service
+        lines = [ev for ev in rig.events(follow=False, terminal=terminal)
+                 if ev.source == source and ev.mono_ns >= start]
+    path = Path(capture)
+    with path.open("w", encoding="utf-8") as f:
+        f.write(f"# rig console capture: terminal {terminal}, config {config}, "
+                f"{'signed on' if s.ok else s.error}\n")
+        for ev in lines:
+            f.write(f"{_stamp_text(ev.wall_ns)}\t{_console_text(ev)}\n")
+    out.print(f"{terminal}: {len(lines)} console lines written to {path}")
+    if not s.ok:
+        raise typer.Exit(1)
+
+
+@profile_app.command("check")
+def profile_check(profile: Annotated[str, typer.Argument(help="profile YAML (or a name)")],
+                  log: Annotated[str, typer.Argument(help="console log (a --capture file, or raw)")],
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Which lines of LOG match which event of PROFILE, and what is missing."""
+    from .terminal_profiles import check_log, decode_log, load_profile_file, profile_path
+
+    prof = load_profile_file(profile_path(profile))
+    try:
+        data = Path(log).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{log}: cannot read: {e.strerror or e}") from e
+    r = check_log(prof, decode_log(data, prof.encoding))
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "profile": r.profile, "clean": r.clean, "seen": r.seen, "missing": r.missing,
+            "not_seen": r.not_seen, "unsupported": r.unsupported,
+            "lines": [{"line": n, "text": t, "event": e, "canonical": c}
+                      for n, t, e, c in r.lines]}, ensure_ascii=False) + "\n")
+    else:
+        t = Table(title=f"{log} read with profile {r.profile}")
+        for col in ("line", "event", "text"):
+            t.add_column(col)
+        for n, text, ev, _ in r.lines:
+            t.add_row(str(n), ev or "[dim]-[/dim]", text)
+        out.print(t)
+        out.print("seen: " + (", ".join(f"{k} x{v}" for k, v in r.seen.items()) or "nothing"))
+        for ev in r.missing:
+            out.print(f"[red]missing: {ev}[/red] (the log shows the phase but no line matched)")
+        for ev in r.not_seen:
+            out.print(f"[dim]not seen: {ev} (shown only in a failure case or another phase)[/dim]")
+        for ev, why in r.unsupported.items():
+            out.print(f"[yellow]cannot report: {ev}[/yellow] ({why})")
+        out.print("[green]clean[/green]" if r.clean else "[red]not clean[/red]")
+    if not r.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
+def keypad(terminal: str,
+           keys: Annotated[list[str], typer.Argument(help="keys, e.g. SALE 1 0 0 ENTER")],
+           config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """The robot presses KEYS on the terminal's keypad (its profile's keypad map)."""
+    with _open(config) as rig:
+        r = rig.keypad(terminal, *keys)
+    out.print(f"{terminal}: pressed {' '.join(r['keys'])}")
+
+
 # --- faults and scenarios -------------------------------------------------------------------------
 scenario_app = typer.Typer(no_args_is_help=True, help="The field's failure cases.")
 app.add_typer(scenario_app, name="scenario")

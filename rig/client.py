@@ -292,6 +292,11 @@ class Rig:
         """Instruments (identity or error) and terminals (output, console, state)."""
         return self._call("status")
 
+    def keypad(self, terminal: str, *keys: str) -> dict[str, Any]:
+        """The robot presses ``keys`` on the terminal's keypad (``"SALE", "1", "0", "0",
+        "ENTER"``), as its profile's keypad map says; what was pressed."""
+        return self._call("keypad", terminal=terminal, keys=list(keys))
+
     def robot_action(self, action: str) -> str:
         """``status`` / ``home`` / ``park`` the card robot."""
         return self._call("robot_action", action=action)

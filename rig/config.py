@@ -63,7 +63,8 @@ class TerminalModel(Strict):
     voltage_max: float = Field(gt=0, description="never set a PSU above this (V)")
     current_max: float = Field(gt=0, description="never set a current limit above this (A)")
     nominal_voltage: float = Field(gt=0)
-    profile: str = Field("vlab", description="console line profile (regexes -> event kinds)")
+    profile: str = Field("vlab", description="terminal profile: a name in configs/profiles/ or "
+                         "a path to a .yaml file (console patterns, ECR protocol, keypad)")
 
     @model_validator(mode="after")
     def _nominal_in_limit(self) -> TerminalModel:
@@ -123,6 +124,8 @@ class Stations(Strict):
     swipe_start: Point
     swipe_end: Point
     nfc: Point = Field(description="card resting on the contactless logo")
+    keypad: Point | None = Field(None, description="keypad origin: the profile's key offsets "
+                                 "(x, y) count from here; z is the top of the keys")
 
 
 class Magazine(Strict):
@@ -483,6 +486,9 @@ class _LocatedError(ValueError):
 
 def _field_error(loc: tuple[str, ...], msg: str) -> _LocatedError:
     return _LocatedError(loc, msg)
+
+
+field_error = _field_error  # for other config-like models (terminal profiles): same file:line errors
 
 
 # --- YAML loading with line numbers ---------------------------------------------------------

@@ -87,7 +87,8 @@ class Columns:
 
     def __init__(self, cycle_ids: np.ndarray, mono: np.ndarray, kind: np.ndarray,
                  console: np.ndarray, terminal: np.ndarray, terminals: np.ndarray,
-                 payload: Any, only: Sequence[int] | None = None) -> None:
+                 payload: Any, only: Sequence[int] | None = None,
+                 sources: np.ndarray | None = None) -> None:
         cid = np.asarray(cycle_ids)
         valid = ~np.isnan(cid) if cid.dtype.kind == "f" else np.ones(len(cid), dtype=bool)
         ids = np.where(valid, cid, 0).astype(np.int64)
@@ -110,6 +111,7 @@ class Columns:
         self.mono = np.asarray(mono, dtype=np.int64)
         self.kind = kind
         self.console = console
+        self.src = sources  # source name per row (what a figure's end event came from)
         self.term = terminal  # int code per row (-1: none)
         self.terminals = terminals  # code -> name
         self._payload = payload
@@ -132,7 +134,8 @@ class Columns:
             cycle.dtype.kind not in "iu") else cycle.to_numpy(dtype=np.int64)
         return cls(cid, ev["mono_ns"].to_numpy(dtype=np.int64), kind_codes(ev["kind"]), console,
                    tcat.cat.codes.to_numpy(dtype=np.int64),
-                   np.asarray(tcat.cat.categories.astype(str), dtype=object), ev, only)
+                   np.asarray(tcat.cat.categories.astype(str), dtype=object), ev, only,
+                   src.astype(object).to_numpy(dtype=object))
 
     @classmethod
     def from_events(cls, events: Iterable[Event], cycle: int = 0) -> Columns:
@@ -145,7 +148,8 @@ class Columns:
                    np.fromiter((_CODE.get(str(e.kind), -1) for e in evs), np.int16, len(evs)),
                    np.fromiter((e.source.endswith(".console") for e in evs), bool, len(evs)),
                    np.fromiter((code.get(e.terminal, -1) for e in evs), np.int64, len(evs)),
-                   np.array(names, dtype=object), evs)
+                   np.array(names, dtype=object), evs,
+                   sources=np.array([e.source for e in evs], dtype=object))
 
     # --- payload ------------------------------------------------------------------------------
     # --- rows -------------------------------------------------------------------------------
@@ -195,6 +199,17 @@ class Columns:
     def at(self, picked: np.ndarray, missing: int = BIG) -> np.ndarray:
         """``mono_ns`` of the row picked per cycle (``missing`` where none)."""
         return _gather(self.mono, picked, missing)
+
+    def source_of(self, picked: np.ndarray) -> np.ndarray:
+        """Where the row picked per cycle came from: ``console``, ``ecr`` (STATUS / RESULT?
+        polled), ``estimate`` (0810 + a configured delay), ``host``; None where no row."""
+        out = np.full(self.C, None, dtype=object)
+        if self.src is None:
+            return out
+        has = picked >= 0
+        names = self.src[picked[has]].astype(str)
+        out[has] = np.array([n.rsplit(".", 1)[-1] for n in names], dtype=object)
+        return out
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Payload field ``name`` of ``rows``."""
@@ -324,11 +339,13 @@ def result_outcome(lines: np.ndarray) -> np.ndarray:
 # --- the derivation -------------------------------------------------------------------------------
 def derive_cycles(cols: Columns, *, has_console: bool | Mapping[str, bool] = True,
                   kinds: np.ndarray | None = None, explain: bool = True,
-                  result_fields: Sequence[str] = tuple(RESULT_FIELDS)) -> dict[str, np.ndarray]:
+                  result_fields: Sequence[str] = tuple(RESULT_FIELDS),
+                  cannot: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, np.ndarray]:
     """Every per-cycle figure and outcome field of the cycles in ``cols`` (arrays indexed by
     dense cycle code; see :func:`figures` for the columns). ``kinds``: the cycles' kinds
     ("signon", "sale", …), to say which figures apply; None: every figure is computed.
-    ``result_fields``: which fields of the terminal's result line to read (``stan`` always)."""
+    ``result_fields``: which fields of the terminal's result line to read (``stan`` always).
+    ``cannot``: per terminal, figures its profile cannot supply and why (the ``why`` of a NaN)."""
     C, K = cols.C, EventKind
     out: dict[str, np.ndarray] = {"cycle_id": cols.ids}
     named = np.flatnonzero((cols.term >= 0) & (cols.cyc >= 0))
@@ -349,8 +366,12 @@ def derive_cycles(cols: Columns, *, has_console: bool | Mapping[str, bool] = Tru
         cons = hc[np.where(tcode >= 0, tcode, len(cols.terminals))]
     else:
         cons = np.full(C, bool(has_console))
-    first = np.where(cons & (console_first != BIG), console_first, connect)
     req = cols.since(cols.rows(K.SIGNON_REQ), t0)
+    first_req = cols.gmin(req)
+    # no console: the terminal's first host connect; where the host could not tell whose
+    # connect it was (it learns the terminal from the 0800), the 0800 itself (an upper bound)
+    first = np.where(cons & (console_first != BIG), console_first,
+                     np.where(connect != BIG, connect, first_req))
     attempts = np.bincount(cols.cyc[req], minlength=C)
     rsp = cols.since(cols.rows(K.SIGNON_RSP), t0)
     ok_rsp = cols.last(rsp[cols.take("rc", rsp) == "00"])
@@ -365,10 +386,15 @@ def derive_cycles(cols: Columns, *, has_console: bool | Mapping[str, bool] = Tru
     fail = cols.first(cols.since(cols.rows(K.SIGNON_FAIL), t0))
     out["power_on_ns"] = np.where(has_on, t0, -1)
     out["boot_s"] = _secs(t0, first)
-    out["signon_req_s"] = _secs(t0, cols.gmin(req))
+    out["signon_req_s"] = _secs(t0, first_req)
     out["signon_host_s"] = _secs(cols.at(ok_req, -1), rsp_ns, has_on & (ok_req >= 0)
                                  & (ok_rsp >= 0))
     out["ready_s"] = _secs(t0, ready)
+    out["boot_src"] = np.where(
+        has_on & cons & (console_first != BIG), "console",
+        np.where(has_on & (connect != BIG), "host connect",
+                 np.where(has_on & (first_req != BIG), "host 0800", None)))
+    out["ready_src"] = cols.source_of(cols.first(cols.since(cols.rows(K.READY), t0)))
     out["attempts"] = attempts
     out["signon_ok"] = has_on & (ready != BIG) & (signed != BIG)
     out["signon_fail"] = fail >= 0
@@ -415,6 +441,7 @@ def derive_cycles(cols: Columns, *, has_console: bool | Mapping[str, bool] = Tru
     if "pan_masked" in result_fields:
         read = cols.first(cols.rows(K.CARD_READ))
         out["pan_masked"] = line_fields(cols.pick("line", read), {"pan": "pan"})["pan"]
+    out["result_src"] = cols.source_of(res)
     out["presented_ns"] = np.where(pres != BIG, pres, -1)
     out["result_ns"] = np.where(has_res, res_ns, -1)
 
@@ -424,6 +451,11 @@ def derive_cycles(cols: Columns, *, has_console: bool | Mapping[str, bool] = Tru
         return out
     out["why"] = _why(out, has_on, pres != BIG, sreq >= 0, arsp >= 0, has_res,
                       np.asarray(kinds, dtype=object) if kinds is not None else None)
+    for term, gaps in (cannot or {}).items():  # the profile says why, rather than the event
+        mine = np.flatnonzero((out["terminal"] == term) & _given(out["why"]))
+        for fig, reason in gaps.items():
+            default = f"{fig}: {_WHY[fig][1]}"
+            out["why"][mine] = [w.replace(default, f"{fig}: {reason}") for w in out["why"][mine]]
     return out
 
 
@@ -434,6 +466,9 @@ def _apply_kinds(out: dict[str, np.ndarray], kinds: np.ndarray) -> None:
         out[f] = np.where(signon, out[f], np.nan)
     for f in SALE_FIGURES:
         out[f] = np.where(sale, out[f], np.nan)
+    for k in ("boot_src", "ready_src"):
+        out[k] = np.where(signon, out[k], None)
+    out["result_src"] = np.where(sale, out["result_src"], None)
     out["attempts"] = np.where(signon, out["attempts"], 0)
     out["signon_ok"] = out["signon_ok"] & signon
     for k in ("outcome", "rc", "auth_code", "rrn", "balance", "stan", "pan_masked"):
@@ -556,7 +591,8 @@ def cycle_faults(cycles: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
 
 def figures(events: pd.DataFrame, cycles: pd.DataFrame | None = None, *,
             has_console: bool | Mapping[str, bool] = True,
-            faults: pd.DataFrame | None = None) -> pd.DataFrame:
+            faults: pd.DataFrame | None = None,
+            cannot: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
     """Every figure of every cycle, re-derived from the events, one row per cycle (index
     ``cycle_id``).
 
@@ -571,7 +607,11 @@ def figures(events: pd.DataFrame, cycles: pd.DataFrame | None = None, *,
     end_mono_ns``) says which figures apply to a cycle and where it starts and ends (for the
     faults that overlap it); without it every figure is computed wherever its events are.
     ``has_console``: per terminal, whether boot counts to the first console line (else to the
-    first host connect). ``faults``: the run's fault occurrences (:func:`fault_windows`) when
+    first host connect). ``boot_src``, ``ready_src`` and ``result_src`` say where the end of
+    ``boot_s``, ``ready_s`` and the result figures came from (``console``, ``host connect``,
+    ``host 0800`` when the host could not tell whose connect it was,
+    ``ecr``: STATUS / RESULT? polled, ``estimate``: 0810 + the profile's configured delay).
+    ``cannot``: per terminal, the figures its profile cannot supply and why (their ``why``). ``faults``: the run's fault occurrences (:func:`fault_windows`) when
     already known; else they are read from the events.
     """
     only = None if cycles is None else cycles["cycle_id"].to_numpy(dtype=np.int64)
@@ -581,7 +621,8 @@ def figures(events: pd.DataFrame, cycles: pd.DataFrame | None = None, *,
         kinds = pd.Series(cycles["kind"].to_numpy(dtype=object),
                           index=cycles["cycle_id"].to_numpy(dtype=np.int64)).reindex(
             cols.ids).to_numpy(dtype=object)
-    d = derive_cycles(cols, has_console=has_console, kinds=kinds, result_fields=("rc",))
+    d = derive_cycles(cols, has_console=has_console, kinds=kinds, result_fields=("rc",),
+                      cannot=cannot)
     df = pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v
                        for k, v in d.items()}).set_index("cycle_id")
     if cycles is not None:
@@ -596,7 +637,7 @@ def figures(events: pd.DataFrame, cycles: pd.DataFrame | None = None, *,
     df["failure"] = _obj(_failure(df), df.index)
     order = ["terminal", "kind", "fault_case", *SIGNON_FIGURES, "attempts", "signon_ok",
              *SALE_FIGURES, "outcome", "rc", "stan", "recover_s", "failure", "why", "signon_rc",
-             "power_on_ns", "presented_ns", "result_ns"]
+             "boot_src", "ready_src", "result_src", "power_on_ns", "presented_ns", "result_ns"]
     return df[order]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import TestError
+from ..terminal_profiles import lab_gaps
 from ..timeline.store import open_readonly, pid_alive
 from .figures import FIGURES, KINDS, PAYLOAD_KINDS, fault_windows, figures
 
@@ -169,7 +170,8 @@ class RunData:
         :func:`rig.analysis.figures.figures`), one row per cycle."""
         if self._figs is None:
             self._figs = figures(self.timeline, _cycle_spans(self.cycles),
-                                 has_console=self.has_console(), faults=self.faults)
+                                 has_console=self.has_console(), faults=self.faults,
+                                 cannot=lab_gaps(self.run.get("config")))
         return self._figs
 
     def summary(self, by: str | Sequence[str] | None = None,
@@ -343,7 +345,8 @@ def load_run(db: str | Path, run_id: int | str | None = None, events: bool = Tru
     cyc["label"] = run.get("label")
     figs = None
     if timeline is not None:
-        figs = figures(timeline, _cycle_spans(cyc), has_console=_consoles(run), faults=faults)
+        figs = figures(timeline, _cycle_spans(cyc), has_console=_consoles(run), faults=faults,
+                       cannot=lab_gaps(run.get("config")))
     cycles = _cycles(cyc, results, figs)
     if current is None or len(current) == 0:
         current = pd.DataFrame({c: pd.Series(dtype=object) for c in CURRENT_COLUMNS})

@@ -185,7 +185,9 @@ class Bench:
                 self._stack.callback(reader.stop)
                 self.consoles[tname] = reader
             if t.ecr:
-                ecr = EcrDriver(tname, t.ecr, self.recorder)
+                prof = get_profile(cfg.models[t.model].profile)
+                ecr = EcrDriver(tname, t.ecr, self.recorder, protocol="framed" if prof.ecr ==
+                                "framed" else "line", retries=prof.ecr_retries)
                 self._stack.callback(ecr.close)
                 self.ecrs[tname] = ecr
         self.cycles = {t: TerminalCycle(t, store=self.store, recorder=self.recorder,

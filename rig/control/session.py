@@ -247,6 +247,12 @@ class Session:
             return _sale.run_settle(self.hw, tc, self.run_id, timeout_s=timeout_s,
                                     owner=self.owner)
 
+    def keypad(self, terminal: str, keys: Iterable[str]) -> dict[str, Any]:
+        """The robot presses ``keys`` on the terminal's keypad (its profile's keypad map, its
+        ``stations.keypad``); returns the keys and the stamp of the first press."""
+        with self._use(terminal):
+            return _sale.press_keys(self.hw, terminal, list(keys))
+
     def card_check(self, card: str | None = None, reader: str | None = None,
                    contactless: bool = False) -> Any:
         """Check a card through PC/SC (ATR, AIDs, masked PAN, expiry, problems). On a virtual

@@ -1,8 +1,12 @@
 """Console log reader: one pyserial port per terminal, a reader thread, lines stamped on arrival.
 
 Works with device paths, ``socket://`` (the virtual lab, terminal servers) and ``rfc2217://``.
-Each line becomes one event whose kind the terminal profile decides; the stamp is taken right
-after the read that delivered the line's newline returned.
+Each line becomes one event whose kind the terminal profile decides (:mod:`rig.terminal_profiles`);
+the stamp is taken right after the read that delivered the line's newline returned. Bytes are
+decoded with the profile's encoding (GBK consoles exist), undecodable bytes replaced, so any
+byte stream is safe to read. A line the profile reads as an event keeps, for a model that does
+not print canonical lines, the canonical form in ``line`` (what the figures read) and the line
+as printed in ``raw``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import serial
 from ..core.clock import ClockSource, Stamp, WallToMono, now
 from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
 from ..core.redact import redact_text
+from ..terminal_profiles import TerminalProfile
 from ..timeline.events import Event, EventKind, Sink
-from .profiles import TerminalProfile
+from .profiles import classify
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +131,12 @@ class ConsoleReader:
             buf += chunk
             while b"\n" in buf:
                 raw, buf = buf.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace").strip()
+                line = raw.decode(self.profile.encoding, "replace").strip().replace("\x00", "")
                 if line:
-                    kind = self.profile.classify(line)
+                    kind, canonical = classify(self.profile, line)
+                    data = {"line": redact_text(line)} if canonical is None else {
+                        "line": redact_text(canonical), "raw": redact_text(line)}
                     self.sink.record(Event.at(stamp, kind, self.source, self.terminal,
-                                              clock=clock, line=redact_text(line)))
+                                              clock=clock, **data))
             if len(buf) > 65536:  # a console that never sends a newline
                 buf = b""

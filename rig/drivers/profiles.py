@@ -1,56 +1,45 @@
-"""Terminal profiles: how a terminal model's console lines map to event kinds.
+"""Terminal profiles on the controller side: a profile's console events as event kinds.
 
-A profile is data (ordered regexes), so a real terminal model gets a new entry, not new code.
+The profiles themselves are data (``configs/profiles/*.yaml``, loaded by
+:mod:`rig.terminal_profiles`, which the virtual lab loads too); a real terminal model gets a
+new file, not new code. This module only maps profile events to the timeline's kinds.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
-from ..core.errors import ConfigError
+from ..terminal_profiles import TerminalProfile, load_profile
 from ..timeline.events import EventKind
 
-
-@dataclass(frozen=True)
-class TerminalProfile:
-    name: str
-    rules: tuple[tuple[re.Pattern[str], EventKind], ...]
-
-    def classify(self, line: str) -> EventKind:
-        for rx, kind in self.rules:
-            if rx.search(line):
-                return kind
-        return EventKind.CONSOLE_LINE
-
-
-def _profile(name: str, *rules: tuple[str, EventKind]) -> TerminalProfile:
-    return TerminalProfile(name, tuple((re.compile(rx), kind) for rx, kind in rules))
-
-
-PROFILES: dict[str, TerminalProfile] = {
-    # the virtual terminal of rig.sim: "<uptime_ms> <LEVEL> <EVENT> ..."
-    "vlab": _profile(
-        "vlab",
-        (r"^\d+ \w+ BOOT done", EventKind.BOOT_DONE),
-        (r"^\d+ \w+ LOGIN ok", EventKind.LOGIN),
-        (r"^\d+ \w+ SIGNON ok", EventKind.SIGNON_OK),
-        (r"^\d+ \w+ SIGNON (fail|giveup)", EventKind.SIGNON_FAIL),
-        (r"^\d+ \w+ READY", EventKind.READY),
-        (r"^\d+ \w+ SALE start", EventKind.SALE_START),
-        (r"^\d+ \w+ CARD wait", EventKind.CARD_WAIT),
-        (r"^\d+ \w+ CARD read", EventKind.CARD_READ),
-        (r"^\d+ \w+ CARD fail", EventKind.CARD_FAIL),
-        (r"^\d+ \w+ CARD insert again", EventKind.CARD_RETRY),
-        (r"^\d+ \w+ CARD fallback", EventKind.CARD_FALLBACK),
-        (r"^\d+ \w+ RESULT ", EventKind.AUTH_RESULT),
-        (r"^\d+ \w+ REVERSAL ", EventKind.REVERSAL),
-    ),
+KIND_OF: dict[str, EventKind] = {
+    "boot": EventKind.BOOT_DONE,
+    "login_prompt": EventKind.LOGIN_PROMPT,
+    "login": EventKind.LOGIN,
+    "signon_start": EventKind.SIGNON_START,
+    "signon_ok": EventKind.SIGNON_OK,
+    "signon_fail": EventKind.SIGNON_FAIL,
+    "signon_giveup": EventKind.SIGNON_FAIL,
+    "ready": EventKind.READY,
+    "sale_start": EventKind.SALE_START,
+    "card_prompt": EventKind.CARD_WAIT,
+    "card_read": EventKind.CARD_READ,
+    "card_fail": EventKind.CARD_FAIL,
+    "insert_again": EventKind.CARD_RETRY,
+    "fallback": EventKind.CARD_FALLBACK,
+    "result": EventKind.AUTH_RESULT,
+    "reversal": EventKind.REVERSAL,
 }
 
 
 def get_profile(name: str) -> TerminalProfile:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ConfigError(f"unknown terminal profile {name!r}; known: {', '.join(PROFILES)}") from None
+    """A terminal profile by name (``configs/profiles/<name>.yaml``) or path; ConfigError
+    (naming the known ones, or file:line of a bad one) otherwise."""
+    return load_profile(name)
+
+
+def classify(profile: TerminalProfile, line: str) -> tuple[EventKind, str | None]:
+    """A console line's event kind, and its canonical text when it differs from the line
+    (None: keep the line as printed)."""
+    m = profile.match(line)
+    if m is None:
+        return EventKind.CONSOLE_LINE, None
+    return KIND_OF[m.event], None if profile.canonical else m.canonical()

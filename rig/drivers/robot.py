@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -32,6 +32,7 @@ from ..config import Point, RobotConfig, RobotLayout, Stations
 from ..core.clock import ClockSource, Stamp, WallToMono, now
 from ..core.errors import InstrumentError, RigError, TestError
 from ..core.netstamp import ANC_SPACE, enable_rx_timestamps, kernel_wall_ns
+from ..terminal_profiles import Keypad
 from ..timeline.events import Event, EventKind, Sink
 from .robot_moves import Limits, MovePlans, Step, Vec, go_to, homing_s, plan
 
@@ -532,6 +533,19 @@ class RobotDriver:
         plans = self._plans()
         dwell_ms = plans.layout.tap_dwell_ms if dwell_ms is None else dwell_ms
         return self._present("tap", self._run("tap", plans.tap(st, dwell_ms), dwell_ms=dwell_ms))
+
+    def press_keys(self, st: Stations, keypad: Keypad, keys: Sequence[str]) -> Stamp:
+        """Press ``keys`` on the keypad at ``st.keypad`` (offsets, depth and dwell from the
+        terminal's profile ``keypad``); the stamp of the first key reaching its depth.
+        Recorded as ROBOT_MOVE ``keys`` with the keys pressed."""
+        if st.keypad is None:
+            raise TestError(f"{self.name}: the terminal has no stations.keypad in the lab config")
+        keys = list(keys)
+        return self._run("keys", self._plans().press_keys(st.keypad, keypad, keys), keys=keys)
+
+    def holding(self) -> bool:
+        """Whether the calling thread holds the robot (inside :meth:`session`)."""
+        return self._fair.terminal() is not None
 
     def park(self) -> Stamp:
         """Go to the park position (at safe_z first)."""

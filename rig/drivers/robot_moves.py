@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..config import Point, RobotLayout, Stations
 from ..core.errors import LimitError, TestError
+from ..terminal_profiles import Keypad
 
 Axes = dict[str, float]
 Vec = tuple[float, float, float]
@@ -129,6 +130,26 @@ class MovePlans:
 
     def park(self) -> list[Step]:
         return [*self.approach(self.layout.park), sync(mark=True)]
+
+    def press_keys(self, origin: Point, keypad: Keypad, keys: Sequence[str]) -> list[Step]:
+        """Press ``keys`` in order: across at safe_z to above the first, down to ``lift_mm``
+        over the key tops, then per key: across at that height, down ``press_mm`` below the
+        top, sync (marked: the first key's stamp is the move's), hold ``press_ms``, back up;
+        finally up to safe_z. Unknown keys are refused before anything is sent."""
+        unknown = [k for k in keys if k not in keypad.keys]
+        if unknown or not keys:
+            raise TestError(f"{self.who}: no key(s) {', '.join(unknown) or '(none given)'} on this "
+                            f"keypad (keys: {', '.join(keypad.keys)})")
+        f = self.feed_mm_min
+        hover, down = origin.z + keypad.lift_mm, origin.z - keypad.press_mm
+        first = keypad.keys[keys[0]]
+        steps = [self.up(), line_to(f, x=origin.x + first.x, y=origin.y + first.y),
+                 line_to(f, z=hover)]
+        for i, k in enumerate(keys):
+            kk = keypad.keys[k]
+            steps += [line_to(f, x=origin.x + kk.x, y=origin.y + kk.y), line_to(f, z=down),
+                      sync(mark=i == 0), dwell(keypad.press_ms / 1000.0), line_to(f, z=hover)]
+        return [*steps, self.up(), sync()]
 
 
 @dataclass(frozen=True, slots=True)

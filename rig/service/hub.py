@@ -40,7 +40,7 @@ CALLS: dict[str, str] = {
     "wait_signon": "terminal", "ensure_ready": "terminal", "series_rows": "terminals",
     "sale": "terminal", "balance": "terminal", "settle": "terminal", "recovery": "terminal",
     "scenario": "terminal", "card_check": "", "status": "", "robot_action": "",
-    "clear_faults": "",
+    "clear_faults": "", "keypad": "terminal",
 }
 
 

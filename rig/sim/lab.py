@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from ..config import LabConfig, SimNetns
 from ..core import netns
 from ..core.errors import InfrastructureError
+from ..terminal_profiles import load_profile
 from .control import ControlServer
 from .grbl import GrblServer
 from .journal import TruthJournal
@@ -45,7 +46,7 @@ from .lines import parse_hostport
 from .psu import ScpiPsuServer
 from .terminal import VirtualTerminal
 from .wire import WireStamp
-from .world import CardWorld
+from .world import CardWorld, keypad_places
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,9 +104,11 @@ class VirtualLab:
         self.netns: SimNetns | None = sim.netns if cfg.virtual else None
         self._netns_made = False
         ns_name = self.netns.name if self.netns else None
+        profiles = {name: load_profile(cfg.models[t.model].profile)
+                    for name, t in cfg.terminals.items()}  # each emulates its model's profile
         self.terminals: dict[str, VirtualTerminal] = {
             name: VirtualTerminal(name, t, sim, self.journal, random.Random(f"{sim.seed}:{name}"),
-                                  netns=ns_name)
+                                  netns=ns_name, profile=profiles[name])
             for name, t in cfg.terminals.items()}
         self._by_channel: dict[int, list[VirtualTerminal]] = {}
         for name, t in cfg.terminals.items():
@@ -124,13 +127,15 @@ class VirtualLab:
         layout = cfg.robot
         if layout is not None and getattr(cfg.instruments.get(layout.instrument), "kind", None) == "robot":
             stations = {n: t.stations for n, t in cfg.terminals.items() if t.stations is not None}
-            self.world = CardWorld(layout, sim, stations, self.journal)
+            self.world = CardWorld(layout, sim, stations, self.journal,
+                                   keypads=keypad_places(stations, profiles))
             self.grbl = GrblServer(max_feed_mm_min=sim.robot_max_feed_mm_min,
                                    on_segment=self.world.on_segment, on_gripper=self.world.on_gripper,
                                    on_line=self._robot_line)
             for name in stations:
                 self.terminals[name].world = self.world
                 self.world.attach(name, self.terminals[name].card_event)
+                self.world.attach_keys(name, self.terminals[name].key_press)
         self.control = ControlServer(self.terminals, self.world, self.journal)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

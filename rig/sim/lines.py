@@ -4,7 +4,7 @@ Like a USB-serial adapter it listens whether or not the device behind it has pow
 written by the device go to every connected client (``\\r\\n`` terminated); lines read from
 a client (``\\r\\n`` or ``\\n`` terminated) go to an optional handler, with the kernel's
 receive stamp of the segment that completed the line; its reply is written back to that
-client only. With ``tx_stamps`` every write is stamped with the kernel's transmit stamp
+client only; lines are written in ``encoding`` (read as UTF-8). With ``tx_stamps`` every write is stamped with the kernel's transmit stamp
 (:mod:`rig.sim.wire`): :meth:`LineServer.broadcast` returns when the line left, ``on_reply``
 hears when a reply did.
 """
@@ -46,8 +46,10 @@ class LineServer:
     """Line-oriented TCP server; ``handler(line, rx) -> reply | None`` runs in the event loop."""
 
     def __init__(self, name: str, handler: Handler | None = None, eol: bytes = b"\r\n", *,
-                 tx_stamps: bool = False, on_reply: OnReply | None = None) -> None:
+                 tx_stamps: bool = False, on_reply: OnReply | None = None,
+                 encoding: str = "utf-8") -> None:
         self.name = name
+        self.encoding = encoding  # of the lines written (a GBK console writes GBK bytes)
         self._handler = handler
         self._on_reply = on_reply
         self._eol = eol
@@ -69,7 +71,7 @@ class LineServer:
     def broadcast(self, line: str) -> WireStamp:
         """Write one line to every connected client; when it left: the earliest kernel TX stamp
         over the clients, else the thread's stamp (also when no client is connected)."""
-        data = line.encode("utf-8", "replace") + self._eol
+        data = line.encode(self.encoding, "replace") + self._eol
         stamps = [st for c in list(self._clients) if (st := self._write(c, data)) is not None]
         return earliest(stamps) or thread_stamp()
 

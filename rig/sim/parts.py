@@ -4,9 +4,14 @@
 lends them to :class:`rig.sim.sale.Transactions` (card transactions); the sale flow sees
 these parts, never the terminal:
 
-- :class:`Voice`: the console and the truth journal. Every console line is journaled with the
-  kernel's transmit stamp of its write to the console port (the truth of boot, READY, RESULT…);
-  nothing is said or journaled while the terminal is off. Quirks are looked up here too.
+- :class:`Voice`: the console and the truth journal. The terminal speaks canonical text
+  (``RESULT approved rc=00 …``); the voice prints it as the terminal's profile says
+  (:meth:`rig.terminal_profiles.TerminalProfile.render`: ``812 INFO READY`` for ``vlab``,
+  ``12:00:01 待机 请选择交易`` in GBK for another model, or nothing for an event the model does
+  not print). Every console line is journaled with the kernel's transmit stamp of its write to
+  the console port (the truth of boot, READY, RESULT…); an event the model keeps silent is
+  journaled with the thread's stamp. Nothing is said or journaled while the terminal is off.
+  Quirks are looked up here too.
 - :class:`Memory`: what survives a power cycle like a terminal's NVRAM (STAN, batch number)
   and the working keys of the last good sign-on.
 - :class:`Delays`: every simulated delay, drawn from its distribution and scaled by
@@ -20,12 +25,14 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..config import Distribution, SimConfig
 from ..iso8583.keys import WorkingKeys
+from ..terminal_profiles import TerminalProfile, canonical_event
 from .journal import TruthJournal
 from .lines import LineServer
-from .wire import WireStamp
+from .wire import WireStamp, thread_stamp
 
 
 class Voice:
@@ -36,8 +43,10 @@ class Voice:
     ``quirks`` is the terminal's set of switched-on quirks (shared, not copied).
     """
 
-    def __init__(self, name: str, console: LineServer, journal: TruthJournal, quirks: set[str]) -> None:
+    def __init__(self, name: str, console: LineServer, journal: TruthJournal, quirks: set[str],
+                 profile: TerminalProfile | None = None) -> None:
         self.name = name
+        self.profile = profile  # None: the canonical "<uptime_ms> <LEVEL> <text>" (vlab)
         self.console = console
         self.journal = journal
         self.quirks = quirks
@@ -49,12 +58,23 @@ class Voice:
         when it left: the kernel's TX stamp, else the thread's (e.g. no client connected)."""
         if not self.on:
             return
-        uptime_ms = (time.monotonic_ns() - self.boot_ns) // 1_000_000
-        line = f"{uptime_ms} {level} {text}"
-        at = self.console.broadcast(line)
-        self.journal.record(self.name, "console", at, line=line)
+        line = self.render(level, text)
+        if line is None:  # this model does not print it
+            at = thread_stamp()
+        else:
+            at = self.console.broadcast(line)
+            self.journal.record(self.name, "console", at, line=line)
         if what is not None:
             self.journal.record(self.name, what, at, **data)
+
+    def render(self, level: str, text: str) -> str | None:
+        """Canonical ``text`` as this terminal's model prints it (None: not at all)."""
+        uptime_ms = (time.monotonic_ns() - self.boot_ns) // 1_000_000
+        if self.profile is None:
+            return f"{uptime_ms} {level} {text}"
+        wall = datetime.now()
+        return self.profile.render(canonical_event(text), text, ms=uptime_ms, level=level,
+                                   time=wall.strftime("%H:%M:%S"), date=wall.strftime("%Y-%m-%d"))
 
     def record(self, what: str, stamp: WireStamp, **data: object) -> None:
         """Journal an I/O boundary stamped by the caller (nothing while off)."""

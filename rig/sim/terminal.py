@@ -16,6 +16,12 @@ the terminal lends it (:mod:`rig.sim.parts`); card events come from the lab's
 sales) start inside the lab's network namespace and leave through its veth; console and ECR
 stay where they are.
 
+The terminal emulates the model its profile describes (:mod:`rig.terminal_profiles`): its
+console prints each line in the profile's format and encoding (:class:`rig.sim.parts.Voice`),
+its ECR port speaks the profile's ECR protocol (line, or framed: :mod:`rig.sim.ecr_framed`),
+and its keypad (:mod:`rig.sim.keypad`) takes the robot's key presses. After boot, a terminal
+without ``auto_login`` says ``LOGIN wait`` (the login prompt) and waits for ECR ``LOGIN``.
+
 Quirks (:data:`QUIRKS`, switched through the lab's control port, :mod:`rig.sim.control`) break
 one correct behaviour each, so a scenario can show its verdict turning to fail:
 ``no_reversal`` (never stores or sends a reversal), ``no_resignon`` (ignores A0),
@@ -37,9 +43,13 @@ from enum import StrEnum
 from typing import Any
 
 from ..config import SimConfig, TerminalConfig
+from ..core.clock import Stamp
 from ..iso8583 import cup
 from ..iso8583.keys import WorkingKeys
+from ..terminal_profiles import TerminalProfile, load_profile
+from .ecr_framed import FramedServer
 from .journal import TruthJournal
+from .keypad import Keypad
 from .lines import LineServer, parse_hostport, parse_socket_url
 from .parts import Delays, HostRoute, Memory, Voice
 from .sale import COMMANDS, SaleContext, Transactions
@@ -67,8 +77,10 @@ class VirtualTerminal:
     """One simulated terminal; ``power()`` is called by the PSU server in the lab's loop."""
 
     def __init__(self, name: str, tcfg: TerminalConfig, sim: SimConfig, journal: TruthJournal,
-                 rng: random.Random, netns: str | None = None) -> None:
+                 rng: random.Random, netns: str | None = None,
+                 profile: TerminalProfile | None = None) -> None:
         self.name = name
+        self.profile = profile or load_profile("vlab")
         self.tcfg = tcfg
         self.sim = sim
         self.journal = journal
@@ -80,13 +92,20 @@ class VirtualTerminal:
         self.route = HostRoute(*parse_hostport(tcfg.host_path), netns=netns)
         self._task: asyncio.Task[None] | None = None
         self._login = asyncio.Event()
-        self.console = LineServer(f"{name} console", tx_stamps=True)
-        self.ecr = LineServer(f"{name} ecr", self._on_ecr, tx_stamps=True, on_reply=self._ecr_replied)
+        self.console = LineServer(f"{name} console", tx_stamps=True, encoding=self.profile.encoding)
+        self.ecr: LineServer | FramedServer
+        if self.profile.ecr == "framed":
+            self.ecr = FramedServer(f"{name} ecr", self._on_ecr, tx_stamps=True,
+                                    on_reply=self._ecr_replied, retries=self.profile.ecr_retries)
+        else:
+            self.ecr = LineServer(f"{name} ecr", self._on_ecr, tx_stamps=True,
+                                  on_reply=self._ecr_replied)
         self.quirks: set[str] = set()  # see QUIRKS
-        self.voice = Voice(name, self.console, journal, self.quirks)
+        self.voice = Voice(name, self.console, journal, self.quirks, profile=self.profile)
         self.txns = Transactions(SaleContext(
             self.voice, self.memory, self.delays, tcfg, self.route,
             is_ready=lambda: self.ready, on_mac_error=self.sign_on_again))
+        self.keypad = Keypad(self.voice, self.txns, is_ready=lambda: self.ready)
 
     @property
     def keys(self) -> WorkingKeys | None:
@@ -146,6 +165,7 @@ class VirtualTerminal:
             self.state = TerminalState.OFF
             self.voice.on = False
             self.txns.power_off()
+            self.keypad.reset()
             self.journal.record(self.name, "power_off", stamp, volts=volts,
                                 reason="output off" if not on else "brownout", **cmd)
             if self._task is not None:
@@ -169,6 +189,11 @@ class VirtualTerminal:
         if self.state is not TerminalState.OFF:
             self.txns.card_event(ev)
 
+    def key_press(self, key: str, at: Stamp) -> None:
+        """The world saw the robot's probe press ``key`` on this terminal's keypad."""
+        if self.state is not TerminalState.OFF:
+            self.keypad.press(key, at)
+
     def sign_on_again(self) -> None:
         """Start a fresh sign-on (after a MAC error), unless off or already signing on."""
         if self.state not in (TerminalState.OFF, TerminalState.SIGNON):
@@ -184,6 +209,7 @@ class VirtualTerminal:
             with contextlib.suppress(TimeoutError):  # an ECR LOGIN may come first
                 await asyncio.wait_for(self._login.wait(), self.delays.draw_s(self.sim.login))
         else:
+            self.say("INFO", "LOGIN wait", what="login_prompt")
             await self._login.wait()
         op = self.tcfg.operator.id
         self.state = TerminalState.SIGNON

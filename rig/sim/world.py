@@ -13,6 +13,13 @@ like the robot). A card left at a chip station's x/y but short of its depth by m
 ``short_mm``): not in the slot, but the terminal notices a card that is not seated. Events are scheduled on the loop at the segment's end (or the dwell's end), journaled
 with that time (``clock: "sim"``) and handed to the terminal's handler.
 
+Keypads: a terminal with ``stations.keypad`` and a profile keypad has its keys at the keypad
+origin plus each key's (x, y) offset, the origin's z being the top of the keys. A segment that
+ends over a key (within :data:`KEY_RADIUS_MM`) between :data:`KEY_MIN_TRAVEL_MM` and
+:data:`KEY_MAX_TRAVEL_MM` below its top presses it; the press registers once the probe stayed
+the profile's ``min_press_ms`` (real time), journaled as ``key_pressed`` and handed to the
+terminal's key handler. A probe that leaves earlier pressed nothing.
+
 Cards are physical: each is in exactly one place (a magazine slot, the gripper, a terminal's
 chip slot, or dropped where the gripper let go of it), see :meth:`CardWorld.where`.
 
@@ -28,7 +35,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -120,6 +127,33 @@ class CardEvent:
 
 
 Handler = Callable[[CardEvent], None]
+KeyHandler = Callable[[str, Stamp], None]
+KEY_RADIUS_MM = 3.0  # how far off a key's centre a press still lands on it
+KEY_MIN_TRAVEL_MM = 0.3  # a key registers once pressed this far below its top
+KEY_MAX_TRAVEL_MM = 8.0  # deeper than this the probe is not on a key
+
+
+@dataclass(frozen=True, slots=True)
+class KeypadPlace:
+    """Where one terminal's keys are (robot coordinates, key tops) and how long a press takes."""
+
+    keys: dict[str, tuple[float, float, float]]
+    min_press_ms: float
+
+
+def keypad_places(stations: Mapping[str, Stations],
+                  profiles: Mapping[str, Any]) -> dict[str, KeypadPlace]:
+    """Key positions of every terminal with ``stations.keypad`` and a profile keypad
+    (``profiles``: terminal -> :class:`rig.terminal_profiles.TerminalProfile`)."""
+    out: dict[str, KeypadPlace] = {}
+    for t, st in stations.items():
+        kp = getattr(profiles.get(t), "keypad", None)
+        if st.keypad is None or kp is None:
+            continue
+        o = st.keypad
+        out[t] = KeypadPlace({k: (o.x + v.x, o.y + v.y, o.z) for k, v in kp.keys.items()},
+                             kp.min_press_ms)
+    return out
 
 
 def resolve_cards_dir(cards_dir: str) -> Path:
@@ -147,8 +181,11 @@ class CardWorld:
     """Cards, magazine and stations of one lab; its hooks run in the lab's event loop."""
 
     def __init__(self, layout: RobotLayout, sim: SimConfig, stations: dict[str, Stations],
-                 journal: TruthJournal, cards: dict[str, CardProfile] | None = None) -> None:
+                 journal: TruthJournal, cards: dict[str, CardProfile] | None = None,
+                 keypads: dict[str, KeypadPlace] | None = None) -> None:
         self.layout = layout
+        self.keypads = dict(keypads or {})
+        self._key_handlers: dict[str, KeyHandler] = {}
         self.sim = sim
         self.stations = {name: {k: _xyz(getattr(st, k)) for k in ("chip", "swipe_start", "swipe_end", "nfc")}
                          for name, st in stations.items()}
@@ -194,6 +231,10 @@ class CardWorld:
     def attach(self, terminal: str, handler: Handler) -> None:
         """Deliver ``terminal``'s card events to ``handler`` (called in the loop)."""
         self._handlers[terminal] = handler
+
+    def attach_keys(self, terminal: str, handler: KeyHandler) -> None:
+        """Deliver ``terminal``'s key presses to ``handler(key, stamp)`` (called in the loop)."""
+        self._key_handlers[terminal] = handler
 
     def inserted(self, terminal: str) -> Card | None:
         """The card in ``terminal``'s chip slot now."""
@@ -261,6 +302,10 @@ class CardWorld:
             handle.cancel()
             if due <= seg.t_start_ns + 1_000_000:  # the previous segment completed: it happened
                 fire()
+        if (press := self._key_at(seg.end)) is not None:
+            t, key, min_ms = press
+            due = seg.t_end_ns + int(min_ms * 1e6)
+            self._schedule(due, lambda t=t, key=key, due=due: self._press(t, key, due))
         card = self.held
         if card is None:
             return
@@ -291,6 +336,27 @@ class CardWorld:
                     or (_dist(seg.start, b) <= self._tol and _dist(seg.end, a) <= self._tol)):
                 return t
         return None
+
+    def _key_at(self, pos: Vec) -> tuple[str, str, float] | None:
+        """(terminal, key, min press ms) when ``pos`` presses a key down."""
+        for t, kp in self.keypads.items():
+            for key, (x, y, top) in kp.keys.items():
+                travel = top - pos[2]
+                if (math.hypot(pos[0] - x, pos[1] - y) <= KEY_RADIUS_MM
+                        and KEY_MIN_TRAVEL_MM <= travel <= KEY_MAX_TRAVEL_MM):
+                    return t, key, kp.min_press_ms
+        return None
+
+    def _press(self, terminal: str, key: str, when_ns: int) -> None:
+        stamp = _stamp(max(when_ns, time.monotonic_ns()))
+        self.journal.record(terminal, "key_pressed", stamp, clock=str(ClockSource.SIM), key=key,
+                            planned_lag_us=(stamp.mono_ns - when_ns) // 1000)
+        handler = self._key_handlers.get(terminal)
+        if handler is not None:
+            try:
+                handler(key, stamp)
+            except Exception:
+                log.exception("%s: key handler failed", terminal)
 
     # --- events -------------------------------------------------------------------------------
     def _insert(self, terminal: str, card: Card, when_ns: int) -> None:

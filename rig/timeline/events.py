@@ -25,7 +25,9 @@ class EventKind(StrEnum):
     # terminal console / ECR
     CONSOLE_LINE = "console_line"
     BOOT_DONE = "boot_done"
+    LOGIN_PROMPT = "login_prompt"  # the terminal asks for the operator
     LOGIN = "login"
+    SIGNON_START = "signon_start"  # a sign-on attempt starts (console)
     SIGNON_OK = "signon_ok"
     SIGNON_FAIL = "signon_fail"
     READY = "ready"

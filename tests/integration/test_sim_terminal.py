@@ -241,7 +241,7 @@ def test_manual_login_over_ecr(rig_lab: Any) -> None:
     assert ecr.ask("LOGIN 01 0000") == "ERR 02 terminal off"
     scpi.output(4, True)
     assert events(con.until("BOOT done")) == ["BOOT done"]
-    assert con.quiet(0.3) == []  # waits for the operator
+    assert events(con.quiet(0.3)) == ["LOGIN wait"]  # the login prompt, then it waits
     assert ecr.ask("STATUS") == "OK LOGIN"
     assert ecr.ask("SIGNON") == "ERR 12 not logged in"
     assert ecr.ask("LOGIN 01 9999") == "ERR 11 bad operator"
@@ -249,7 +249,8 @@ def test_manual_login_over_ecr(rig_lab: Any) -> None:
     assert ecr.ask("LOGIN 01") == "ERR 04 usage: LOGIN <op> <pwd>"
     assert ecr.ask("LOGIN 01 0000") == "OK LOGIN"
     assert events(con.until("READY")) == HAPPY[1:]
-    assert whats(lab.journal, "T4", "ready") == HAPPY_WHATS
+    assert whats(lab.journal, "T4", "ready") == [*HAPPY_WHATS[:2], "login_prompt",
+                                                 *HAPPY_WHATS[2:]]
     assert ecr.ask("FOO 1") == "ERR 01 unknown command"
     assert ecr.ask("CANCEL") == "OK"
     ecr.close()

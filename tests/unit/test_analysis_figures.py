@@ -262,8 +262,9 @@ def _ref_signon(events, has_console=True):
     console = [e for e in evs if e.source.endswith(".console") and e.kind != K.ERROR
                and e.mono_ns >= t0]
     connect = next((e for e in evs if e.kind == K.HOST_CONNECT and e.mono_ns >= t0), None)
-    first = console[0] if has_console and console else connect
     reqs = [e for e in evs if e.kind == K.SIGNON_REQ and e.mono_ns >= t0]
+    # no console line: the host connect, else (the host could not tell whose it was) the 0800
+    first = console[0] if has_console and console else connect or (reqs[0] if reqs else None)
     rsps = [e for e in evs if e.kind == K.SIGNON_RSP and e.mono_ns >= t0]
     ok_rsp = next((r for r in reversed(rsps) if r.data.get("rc") == "00"), None)
     ok_req = None
@@ -419,3 +420,29 @@ def test_columns_from_a_live_event_list():
     r = sale_figures(sale(5000))
     assert r["outcome"] == "approved" and r["pan_masked"] == "622202****0128"
     assert r["auth_code"] == "123456" and r["rrn"] == "000000000001"
+
+
+def test_sources_and_profile_reasons_of_figures():
+    """boot_src / ready_src / result_src name where each end came from; a figure the profile
+    cannot supply is NaN with the profile's reason."""
+    def ev(ms, kind, source, **data):
+        return Event(int(ms * MS), int(ms * MS), kind, source, "T1", data)
+
+    console = [ev(0, K.POWER_ON, "psu1"), ev(80, K.BOOT_DONE, "T1.console", line="BOOT done"),
+               ev(90, K.SIGNON_REQ, "host", stan="000001"),
+               ev(92, K.SIGNON_RSP, "host", stan="000001", rc="00"),
+               ev(93, K.SIGNON_OK, "T1.console"), ev(95, K.READY, "T1.console")]
+    blind = [ev(1000, K.POWER_ON, "psu1"), ev(1090, K.SIGNON_REQ, "host", stan="000002"),
+             ev(1092, K.SIGNON_RSP, "host", stan="000002", rc="00"),
+             ev(1092, K.SIGNON_OK, "T1.host"), ev(1150, K.READY, "T1.ecr")]
+    none = [ev(2000, K.POWER_ON, "psu1"), ev(2090, K.SIGNON_REQ, "host", stan="000003")]
+    df = figures(frame({1: console, 2: blind, 3: none}),
+                 cycles_of({1: ("T1", "signon", 0, 500), 2: ("T1", "signon", 1000, 1500),
+                            3: ("T1", "signon", 2000, 2500)}),
+                 has_console={"T1": True},
+                 cannot={"T1": {"ready_s": "profile X cannot report READY"}})
+    assert list(df["boot_src"]) == ["console", "host 0800", "host 0800"]
+    assert list(df["ready_src"]) == ["console", "ecr", None]
+    assert df.loc[2, "ready_s"] == pytest.approx(0.150)
+    assert "ready_s: profile X cannot report READY" in df.loc[3, "why"]
+    assert df["result_src"].isna().all()
