@@ -76,6 +76,18 @@ class TerminalState(StrEnum):
 class VirtualTerminal:
     """One simulated terminal; ``power()`` is called by the PSU server in the lab's loop."""
 
+    @property
+    def state(self) -> TerminalState:
+        return self._state
+
+    @state.setter
+    def state(self, st: TerminalState) -> None:
+        # a terminal without power has no state but OFF, whatever a late task tries to set
+        # (asyncio.wait_for in 3.11 can swallow the cancel that power-off sends its task)
+        voice = getattr(self, "voice", None)
+        self._state = st if voice is None or voice.on \
+            else TerminalState.OFF
+
     def __init__(self, name: str, tcfg: TerminalConfig, sim: SimConfig, journal: TruthJournal,
                  rng: random.Random, netns: str | None = None,
                  profile: TerminalProfile | None = None) -> None:
@@ -148,8 +160,8 @@ class VirtualTerminal:
         kernel's receive stamp), kept as ``cmd_rx_*``; ``lag_us`` is the gap between the two.
         """
         live = on and volts >= self.sim.min_voltage
-        if live == (self.state is not TerminalState.OFF):
-            return
+        if live == self.voice.on:  # the power, not the state: a task that survived its
+            return                 # cancel may have set the state after the power went off
         stamp = thread_stamp()
         rx = at or stamp
         lag_us = (stamp.mono_ns - rx.mono_ns) // 1000  # the lab's loop: line arrived -> switched

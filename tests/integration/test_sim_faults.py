@@ -373,6 +373,7 @@ def test_ignore_login_quirk_accepts_a_wrong_password(bench: Any) -> None:
         time.sleep(0.005)
     b.scpi.output(4, True)
     con.until("BOOT done")
+    assert ev(con.next()) == "LOGIN wait"  # the login prompt (no auto login on T4)
     assert ecr.ask("LOGIN 01 9999") == "ERR 11 bad operator"
     assert ev(con.next()) == "LOGIN fail op=01"
     b.ctl.ok(op="quirk", terminal="T4", quirk="ignore_login", on=True)

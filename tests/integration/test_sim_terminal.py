@@ -295,3 +295,30 @@ def test_journal_default_path_and_threads(tmp_path: Path, monkeypatch: pytest.Mo
     assert j.wait_for(lambda e: e["line"] == "199", 0.1) is not None
     assert j.wait_for(lambda e: e["what"] == "nope", 0.05) is None
     j.close()
+
+
+def test_a_task_that_outlives_its_power_off_cannot_keep_the_terminal_on(tmp_path):
+    """asyncio.wait_for (3.11) can swallow the cancel a power-off sends the terminal's task; the
+    late task must not leave a state that makes the next power-on look like no change."""
+    import asyncio
+    import random
+
+    from rig.sim.terminal import TerminalState, VirtualTerminal
+
+    cfg = virtual_config(tmp_path)
+    journal = TruthJournal(tmp_path / "t.jsonl")
+
+    async def run() -> list[str]:
+        t = VirtualTerminal("T1", cfg.terminals["T1"], cfg.sim, journal, random.Random(1))
+        t.power(True, 12.0)
+        t.power(False, 0.0)
+        t.state = TerminalState.READY  # what a task that ignored its cancel would do
+        assert t.state is TerminalState.OFF
+        t.power(True, 12.0)  # must boot again
+        assert t.state is TerminalState.BOOTING
+        await t.stop()
+        return [e["what"] for e in read_journal(tmp_path / "t.jsonl") if e.get("terminal") == "T1"]
+
+    whats = asyncio.run(run())
+    journal.close()
+    assert whats[:3] == ["power_on", "power_off", "power_on"]
