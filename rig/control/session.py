@@ -247,9 +247,10 @@ class Session:
             return _sale.run_settle(self.hw, tc, self.run_id, timeout_s=timeout_s,
                                     owner=self.owner)
 
-    def keypad(self, terminal: str, keys: Iterable[str]) -> dict[str, Any]:
-        """The robot presses ``keys`` on the terminal's keypad (its profile's keypad map, its
-        ``stations.keypad``); returns the keys and the stamp of the first press."""
+    def keypad(self, terminal: str, *keys: str) -> dict[str, Any]:
+        """The robot presses ``keys`` on the terminal's keypad (``"SALE", "1", "0", "0",
+        "ENTER"``; its profile's keypad map, its ``stations.keypad``); returns the keys and
+        the stamp of the first press."""
         with self._use(terminal):
             return _sale.press_keys(self.hw, terminal, list(keys))
 

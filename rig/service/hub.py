@@ -249,6 +249,8 @@ class Hub:
             c.calls += 1
             self._last_active = time.monotonic()
         try:
+            if method == "keypad":  # Session.keypad(terminal, *keys), as a notebook calls it
+                return c.session.keypad(kwargs["terminal"], *kwargs["keys"])
             return getattr(c.session, method)(**kwargs)
         finally:
             with self._lock:
