@@ -85,69 +85,6 @@ class ChaosResult:
         return "\n".join(out)
 
 
-class _Lab:
-    """The virtual lab as a process of its own."""
-
-    def __init__(self, cfg: Path, journal: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rig.sim", str(cfg), "--journal", str(journal)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        assert self.proc.stdout is not None
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            line = self.proc.stdout.readline()
-            if "ready" in line:
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError("the virtual lab did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def _campaign(tmp: Path, lab: Path, cycles: int) -> Path:
-    path = tmp / "chaos-soak.yaml"
-    path.write_text(f"""
-name: chaos-soak
-label: chaos
-lab: {lab}
-terminals: [T3]
-steps:
-  - power_cycle: {{off_s: 0.05}}
-  - await_signon: {{timeout_s: 10}}
-  - wait: {{s: 0.1}}
-stop:
-  cycles: {cycles}
-matrix:
-  order: round_robin
-  cases:
-    - id: baseline
-      none: true
-    - id: slow-host
-      faults:
-        - {{fault: host_delay, ms: 20, applies_to: signon, during: signon}}
-health:
-  suspect_after: 3
-  recover:
-    - power_cycle: {{off_s: 0.05}}
-  quarantine_after: 3
-  check:
-    - power_cycle: {{off_s: 0.05}}
-    - await_signon: {{timeout_s: 5}}
-chunk: 2
-""")
-    return path
-
-
 def _service_pid(results: Path) -> int | None:
     from rig.service.runtime import Paths, read_info
 
@@ -187,6 +124,8 @@ def run_chaos(tmp: Path, *, kills: int = 20, seed: int = 1, soak_cycles: int = 2
     then the checks; see the module doc."""
     from rig import open_rig
     from tests.labcfg import virtual_config, write_config
+    from tests.simkit import LabProc
+    from tests.soakkit import campaign_file
 
     t0 = time.monotonic()
     rnd = random.Random(seed)
@@ -195,10 +134,11 @@ def run_chaos(tmp: Path, *, kills: int = 20, seed: int = 1, soak_cycles: int = 2
     lab_yaml = write_config(cfg, tmp / "lab.yaml")
     results = tmp / "results"
     journal = tmp / "truth.jsonl"
-    campaign = _campaign(tmp, lab_yaml, soak_cycles)
+    campaign = campaign_file(tmp, lab_yaml, cycles=soak_cycles, name="chaos-soak", label="chaos",
+                             terminals="[T3]", signon_s=10, extra="chunk: 2")
     os.environ["RIG_SERVICE_IDLE_S"] = "60"
     res = ChaosResult()
-    lab = _Lab(lab_yaml, journal)
+    lab = LabProc(lab_yaml, journal)
     killed_runs: list[int] = []
     soak_run: int | None = None
     try:

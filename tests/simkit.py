@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rig.config import LabConfig, Point
@@ -21,6 +25,8 @@ from rig.iso8583 import (
 )
 
 CUP = get_dialect("cup")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def hostport(text: str) -> tuple[str, int]:
@@ -281,3 +287,31 @@ class CardMoves:
         st = self.cfg.terminals[terminal].stations
         assert st is not None
         return st
+
+
+class LabProc:
+    """``python -m rig.sim`` (what ``rig lab up`` runs) as a process the test owns, so the test
+    can kill it; it outlives any rig service, as a real bench does."""
+
+    def __init__(self, cfg: Path, journal: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rig.sim", str(cfg), "--journal", str(journal)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        end = time.monotonic() + 30
+        assert self.proc.stdout is not None
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if "ready" in line:
+                return
+            if not line and self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"lab did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
