@@ -553,18 +553,57 @@ def card_list(as_json: Annotated[bool, typer.Option("--json")] = False,
 @card_app.command("check")
 def card_check(card: Annotated[str | None, typer.Argument(help="emulated card (virtual lab)")] = None,
                reader: Annotated[str | None, typer.Option(help="PC/SC reader name")] = None,
+               contactless: Annotated[bool, typer.Option(
+                   "--contactless", help="the reader as an NFC field (PPSE)")] = False,
                config: ConfigOpt = DEFAULT_CONFIG,
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Read a card through PC/SC: ATR, AIDs, masked PAN, expiry, problems."""
+    """Read a card through PC/SC: ATR, AIDs, masked PAN, expiry, problems; for an emulated
+    card also its profile's EMV data objects and any deviation the card shows from them."""
     with _open(config) as rig:
-        c = rig.card_check(card, reader=reader)
-    d = c.as_dict() if hasattr(c, "as_dict") else dict(c.__dict__)
+        c = rig.card_check(card, reader=reader, contactless=contactless)
+    if isinstance(c, dict):
+        d = dict(c)
+    else:
+        d = c.as_dict() if hasattr(c, "as_dict") else dict(c.__dict__)
     if as_json:
         sys.stdout.write(json.dumps(d, default=str) + "\n")
         return
+    objects, seen = d.pop("data_objects", None) or {}, d.pop("seen", None) or {}
+    deviations, expected = d.pop("deviations", None) or [], d.pop("expected", None) or []
     for k, v in d.items():
-        out.print(f"{k:>12}: {v}")
-    if d.get("problems"):
+        if v not in (None, "", []) or k in ("atr", "problems"):
+            out.print(f"{k:>12}: {v}")
+    if expected:
+        out.print(f"{'as profiled':>12}: {'; '.join(expected)}")
+    ifaces = [i for i in ("contact", "contactless") if objects.get(i)]
+    if objects and not ifaces:
+        out.print(f"{d.get('card')}: no chip (magnetic stripe only): no EMV data objects")
+    if ifaces:
+        t = Table(title=f"data objects of {d.get('card')} ({objects.get('scheme')})")
+        t.add_column("object")
+        for i in ifaces:
+            t.add_column(i + (" (read)" if i == d.get("interface") and seen else ""),
+                         overflow="fold")
+        for key, name in (("aip", "AIP 82"), ("afl", "AFL 94"), ("pdol", "PDOL 9F38"),
+                          ("cdol1", "CDOL1 8C"), ("cdol2", "CDOL2 8D")):
+            t.add_row(name, *[str(objects[i][key] if objects[i][key] is not None else "none")
+                              for i in ifaces])
+        recs = sorted({r for i in ifaces for r in objects[i]["records"]})
+        for r in recs:
+            t.add_row(f"record {r}", *[" ".join(objects[i]["records"].get(r, [])) or "-"
+                                       for i in ifaces])
+        out.print(t)
+        out.print(f"label {objects.get('label')!r}, priority {objects.get('priority')}, "
+                  f"preferred name {objects.get('preferred_name')!r}, language "
+                  f"{objects.get('language')}, AIDs {', '.join(objects.get('aids', []))}, "
+                  f"ARPC method {objects.get('arpc_method')}")
+    if deviations:
+        out.print("[red]deviations from the profile:[/red]")
+        for x in deviations:
+            out.print(f"  - {x}")
+    elif objects and seen:
+        out.print("the card shows the reader what its profile says (no deviation)")
+    if [p for p in d.get("problems") or [] if p not in expected] or deviations:
         raise typer.Exit(1)
 
 

@@ -18,7 +18,8 @@ MAX_DOL_DATA = 252  # DOL data travels in one short APDU (Lc <= 255, minus the 8
 
 # Tags whose format is n (BCD numeric): DOL fitting keeps their rightmost bytes and pads left.
 NUMERIC_TAGS = frozenset(
-    {0x9F02, 0x9F03, 0x5F2A, 0x5F36, 0x9A, 0x9C, 0x9F1A, 0x9F21, 0x9F41, 0x9F3C, 0x9F3D}
+    {0x9F02, 0x9F03, 0x5F2A, 0x5F36, 0x9A, 0x9C, 0x9F1A, 0x9F21, 0x9F41, 0x9F3C, 0x9F3D,
+     0x9F35, 0x9F15, 0x9F01}
 )
 
 
@@ -193,20 +194,26 @@ def parse_dol(dol: bytes) -> list[tuple[int, int]]:
     return out
 
 
-def build_dol(dol: bytes | list[tuple[int, int]], values: Mapping[int, bytes]) -> bytes:
-    """The data a DOL asks for, fitted as EMV Book 3 §5.4 says: numeric tags keep their
-    rightmost bytes / pad with leading zeros, others keep the leftmost / pad with trailing
-    zeros; unknown tags are zeros."""
+def dol_items(dol: bytes | list[tuple[int, int]],
+              values: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
+    """``(tag, value)`` per DOL entry, each value fitted as EMV Book 3 §5.4 says: numeric tags
+    keep their rightmost bytes / pad with leading zeros, others keep the leftmost / pad with
+    trailing zeros; a tag without a value is zeros."""
     entries = parse_dol(dol) if isinstance(dol, bytes | bytearray) else dol
-    out = bytearray()
+    out: list[tuple[int, bytes]] = []
     for tag, length in entries:
         v = values.get(tag, b"")
         if tag in NUMERIC_TAGS:
             v = v[-length:] if len(v) >= length else bytes(length - len(v)) + v
         else:
             v = v[:length] + bytes(max(0, length - len(v)))
-        out += v[:length] if length else b""
-    return bytes(out)
+        out.append((tag, v[:length] if length else b""))
+    return out
+
+
+def build_dol(dol: bytes | list[tuple[int, int]], values: Mapping[int, bytes]) -> bytes:
+    """The data a DOL asks for (see :func:`dol_items`), concatenated."""
+    return b"".join(v for _, v in dol_items(dol, values))
 
 
 def dol_length(dol: bytes) -> int:

@@ -13,7 +13,15 @@ connection and stay away ``swap_gap_s`` (> one poll) before the next card connec
 chip answers presence polls with its ATR (it is in the slot) but answers the "get ATR" that
 follows a power-on with an empty payload: vpcd reports the card gone, pcscd fails to power it
 up and flags the reader ``SCARD_STATE_MUTE`` (connect: "Card is unpowered"), as with a real
-mute chip; the bridge then reconnects so the card stays in the slot.
+mute chip; the bridge then reconnects so the card stays in the slot. A card without a chip
+(magstripe only, or contactless only) in this contact reader is the same: present, nothing
+answers the reset.
+
+With ``contactless=True`` the reader stands for an NFC field: the card is powered as a
+contactless card (PPSE, its contactless data objects, a PC/SC pseudo-ATR), and a card without
+an antenna is simply not there (the bridge never connects, the slot stays empty).
+``transcript``, when given, receives every (C-APDU, R-APDU) pair the card answered, so a
+caller can see what the card showed the reader.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from .emv import EmvCard
 
@@ -42,8 +51,11 @@ class VpcdCard:
     """
 
     def __init__(self, card: EmvCard | None, host: str = VPCD_HOST, port: int = VPCD_PORT,
-                 *, retry_s: float = 0.2, swap_gap_s: float = 1.0) -> None:
+                 *, retry_s: float = 0.2, swap_gap_s: float = 1.0, contactless: bool = False,
+                 transcript: Callable[[bytes, bytes], None] | None = None) -> None:
         self.host, self.port, self.retry_s, self.swap_gap_s = host, port, retry_s, swap_gap_s
+        self.contactless = contactless
+        self._transcript = transcript
         self._card = card
         self._gap_until = 0.0
         self._cond = threading.Condition()
@@ -54,7 +66,14 @@ class VpcdCard:
         self.powered = threading.Event()  # the reader powered the current card (mute: tried)
 
     def __repr__(self) -> str:
-        return f"VpcdCard({self._card!r}, {self.host}:{self.port})"
+        field = ", contactless" if self.contactless else ""
+        return f"VpcdCard({self._card!r}, {self.host}:{self.port}{field})"
+
+    def _present(self, card: EmvCard | None) -> bool:
+        """The card is in this reader at all (a card without an antenna is not in a field)."""
+        if card is None:
+            return False
+        return not self.contactless or card.profile.has_contactless
 
     @property
     def card(self) -> EmvCard | None:
@@ -127,11 +146,17 @@ class VpcdCard:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def _set_powered(self, sock: socket.socket) -> None:
+        """Powered, unless this connection was already dropped (a swap raced a poll)."""
+        with self._cond:
+            if self._sock is sock:
+                self.powered.set()
+
     def _run(self) -> None:
         refused_logged = False
         while True:
             with self._cond:
-                while not self._stopping and self._card is None:
+                while not self._stopping and not self._present(self._card):
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -179,6 +204,8 @@ class VpcdCard:
         """Answer vpcd until the connection ends; True when a mute card hung up after the
         reader's power-on (so the caller reconnects at once)."""
         powered = False
+        presence_atr = bytes.fromhex(card.profile.atr)
+        card.power_up(contactless=self.contactless)
         while True:
             head = _recv_exactly(sock, 2)
             if head is None:
@@ -192,7 +219,7 @@ class VpcdCard:
                 log.debug("vpcd: control %02X", ctrl)
                 if ctrl in (CTRL_ON, CTRL_RESET):
                     powered = True
-                    card.reset()
+                    card.power_up(contactless=self.contactless)
                 elif ctrl == CTRL_OFF:
                     powered = False
                     card.reset()
@@ -200,18 +227,20 @@ class VpcdCard:
                     atr = card.atr()
                     if atr is not None:
                         _send(sock, atr)
-                    elif not powered:  # mute, but in the slot: presence polls see it
-                        _send(sock, bytes.fromhex(card.profile.atr))
-                    else:  # mute and powered: no ATR; vpcd drops us, we come back
+                    elif not powered:  # mute or chipless, but in the slot: polls see it
+                        _send(sock, presence_atr)
+                    else:  # nothing answers the reset: vpcd drops us, we come back
                         _send(sock, b"")
-                        self.powered.set()
+                        self._set_powered(sock)
                         return True
                     if powered:
-                        self.powered.set()
+                        self._set_powered(sock)
                 else:
                     log.warning("vpcd: unknown control byte %02X", ctrl)
                 continue
             rapdu = card.transmit(msg)
+            if self._transcript is not None:
+                self._transcript(bytes(msg), rapdu)
             log.debug("vpcd: APDU INS %02X -> SW %s", msg[1] if len(msg) > 1 else 0,
                       rapdu[-2:].hex().upper())
             _send(sock, rapdu)

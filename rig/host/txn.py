@@ -10,12 +10,21 @@ Order of the checks of a sale / pre-auth / balance / void:
 3. the STAN already used by this terminal in this batch → 94;
 4. a host fault's rc (``ResponseRules.add_fault``, action ``rc``, handed in by the session),
    else an override (``HostConfig.overrides`` / ``ResponseRules.add_override``, first match of
-   terminal, card, amount) forces its rc; a forced 00 skips the card and funds checks
-   (balances still move, possibly below zero);
-5. PAN unknown or ``known_to_host: false`` → 14; expired (field 14 / track 2 as sent, or
-   the profile) → 54; sale / pre-auth over the available balance → 51; void: original not
-   found / another card → 25, other amount → 64, not approved any more → 12;
+   terminal, card, amount) forces its rc; a forced 00 skips the card, cryptogram and funds
+   checks (balances still move, possibly below zero);
+5. PAN unknown or ``known_to_host: false`` → 14; field 55 that is not TLV → 30; an
+   application cryptogram (9F26 with the data it covers) that does not verify under the
+   issuer's key for the card's brand → A7 (security processing failure, :mod:`rig.cards.issuer`);
+   expired (field 14 / track 2 as sent, or the profile) → 54; sale / pre-auth over the
+   available balance → 51; void: original not found / another card → 25, other amount → 64,
+   not approved any more → 12;
 6. else 00 with a 6-digit auth code; sale debits, pre-auth holds, void credits the original.
+
+A request whose ARQC verified is answered with field 55 = ``91`` (issuer authentication
+data: the ARPC over the response code, as the card's brand computes it), whatever the rc, so
+the card can check the answer at its second GENERATE AC. A 9F26 without the data it covers
+(a terminal sending a partial field 55) is not checked; the response event says so
+(``arqc``: ok / failed / absent / unverifiable / malformed).
 
 A reversal (0400) is answered 00 whatever it finds (CUP practice, so the terminal clears
 it); it undoes an approved original once. Settlement (0500) is answered 00 with result 1
@@ -32,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
+from rig.cards.issuer import ArqcCheck, check_arqc
+from rig.cards.profiles import CardProfile
 from rig.core.errors import ProtocolError
 from rig.core.redact import mask_pan
 from rig.iso8583.cup_txn import (
@@ -57,6 +68,7 @@ from .rules import (
     RC_DUPLICATE,
     RC_FORMAT_ERROR,
     RC_INSUFFICIENT,
+    RC_INVALID_CARD,
     RC_INVALID_TXN,
     RC_MAC_ERROR,
     RC_NO_ORIGINAL,
@@ -67,9 +79,10 @@ from .rules import (
 )
 from .state import HostStates
 
-__all__ = ["RC_INVALID_MERCHANT", "TxnOutcome", "TxnProcessor", "request_event"]
+__all__ = ["RC_INVALID_MERCHANT", "RC_SECURITY", "TxnOutcome", "TxnProcessor", "request_event"]
 
 RC_INVALID_MERCHANT = "03"
+RC_SECURITY = "A7"  # CUP: security processing failure (here: the ARQC does not verify)
 RC_BAD_ORIGINAL_AMOUNT = "64"
 _SIGN_ON_AGAIN = 3  # header follow-up nibble
 
@@ -142,11 +155,11 @@ class TxnProcessor:
 
     def _reply(self, msg: Message, rc: str, mak: bytes | None, *, auth_code: str | None = None,
                balance_minor: int | None = None, follow_up: int = 0,
-               **data: object) -> TxnOutcome:
+               field55: bytes | None = None, **data: object) -> TxnOutcome:
         rrn = self.next_rrn()
         auth = auth_code if rc == APPROVED else None
         reply = txn_response(msg, rc=rc, rrn=rrn, when=self.clock(), auth_code=auth,
-                             balance_minor=balance_minor, follow_up=follow_up)
+                             balance_minor=balance_minor, follow_up=follow_up, field55=field55)
         return TxnOutcome(reply, mak, rc, _rsp_event(msg.get("t")),
                           {"mti": reply["t"], "rc": rc, "stan": str(msg.get("11", "")),
                            "auth_code": auth, "rrn": rrn, **data})
@@ -190,12 +203,15 @@ class TxnProcessor:
         name = card.name if card is not None else None
         forced = fault_rc if fault_rc is not None else self.rules.txn_rc(terminal, name, amount)
         original: TxnKey | None = None
+        arqc = self._arqc(msg, card, pan)
         if forced is not None and forced != APPROVED:
             rc = forced
         elif kind != "balance" and not amount:
             rc = RC_BAD_AMOUNT
         else:
             rc = None if forced is not None else card_rc(card, card_expiry(msg), self.today())
+            if forced is None and rc != RC_INVALID_CARD:  # a known card: its cryptogram first
+                rc = {"malformed": RC_FORMAT_ERROR, "failed": RC_SECURITY}.get(arqc.status, rc)
             if rc is None:
                 rc, original = self._apply(msg, kind, terminal, name, pan, amount or 0,
                                            force=forced is not None)
@@ -204,13 +220,22 @@ class TxnProcessor:
         balance = (self.accounts.available(name)
                    if approved and kind == "balance" and name is not None else None)
         out = self._reply(msg, rc, mak, auth_code=auth_code, balance_minor=balance, txn=kind,
-                          card=name, forced=forced is not None)
+                          card=name, forced=forced is not None, arqc=arqc.status,
+                          field55=arqc.reply_field55(rc))
         if fault_rc is not None:
             out = replace(out, by_fault=True)
         self.ledger.put(TxnRecord(key, kind, rc, "approved" if approved else "declined",
                                   name, pan, amount or 0, auth_code, str(out.data["rrn"]),
                                   original, forced is not None))
         return out
+
+    def _arqc(self, msg: Message, card: CardProfile | None, pan: str) -> ArqcCheck:
+        """The issuer's check of the request's chip cryptogram (absent for a swipe)."""
+        f55 = msg.get("55")
+        if card is None or not card.known_to_host or not isinstance(f55, bytes | bytearray):
+            return ArqcCheck("absent")
+        return check_arqc(bytes(f55), scheme=card.scheme, pan=pan,
+                          pan_sequence=str(msg["23"]) if msg.get("23") else None)
 
     def _apply(self, msg: Message, kind: TxnKind, terminal: str, card: str | None, pan: str,
                amount: int, *, force: bool) -> tuple[str, TxnKey | None]:

@@ -25,7 +25,7 @@ Host side::
 
     txn_response(request, *, rc, rrn, when, auth_code=None, balance_minor=None,
                  field48=None, currency=None, acquirer="00000000",
-                 follow_up=0) -> Message                               # 0110/0210/0410/0510
+                 follow_up=0, field55=None) -> Message                 # 0110/0210/0410/0510
     settlement_response(request, *, balanced, rrn, when, acquirer="00000000") -> Message
 
 Readers (defined in ``cup_read``, re-exported here): ``check_financial`` (ProtocolError for a
@@ -57,7 +57,8 @@ Field layouts chosen (CUP POS practice):
   takes 2 and 14 from track 2 when the original had none, and adds 39 = reason.
 - Responses swap the TPDU and echo 3, 4, 11, 22, 25, 41, 42, 48, 49, 60, 61 when present
   (never 2, 35, 55); they add 12, 13, 32, 37, 38 (when approved and given), 39, 48
-  (settlement result), 54 (balance inquiry).
+  (settlement result), 54 (balance inquiry), 55 (the issuer's chip data for the card: 91
+  issuer authentication data, when given).
 """
 
 from __future__ import annotations
@@ -342,12 +343,14 @@ def balance_field(balance_minor: int, currency: str = "156") -> str:
 def txn_response(request: Message, *, rc: str, rrn: str, when: datetime,
                  auth_code: str | None = None, balance_minor: int | None = None,
                  field48: str | None = None, currency: str | None = None,
-                 acquirer: str = "00000000", follow_up: int = 0) -> Message:
+                 acquirer: str = "00000000", follow_up: int = 0,
+                 field55: bytes | None = None) -> Message:
     """The reply to a financial request (0110 / 0210 / 0410 / 0510); no MAC yet.
 
     ``auth_code`` (6 characters) goes into 38 when ``rc`` is 00; ``balance_minor`` into 54;
-    ``field48`` replaces 48 (settlement result). ``follow_up`` is the header's request for
-    more work (3 = sign on again, sent with A0).
+    ``field48`` replaces 48 (settlement result); ``field55`` (TLV, e.g. ``91`` with the ARPC)
+    into 55. ``follow_up`` is the header's request for more work (3 = sign on again, sent
+    with A0).
     """
     if len(rc) != 2 or not rc.isascii() or not rc.isalnum():
         raise ProtocolError(f"response code must be 2 characters, got {rc!r}")
@@ -371,6 +374,8 @@ def txn_response(request: Message, *, rc: str, rrn: str, when: datetime,
     if balance_minor is not None:
         cur = currency or str(request.get("49") or "156")
         rsp["54"] = balance_field(balance_minor, cur)
+    if field55:
+        rsp["55"] = bytes(field55)
     return dict(sorted(rsp.items(), key=_order))
 
 

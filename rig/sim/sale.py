@@ -11,6 +11,13 @@ cleared by any answer, so a timeout, a lost connection or a power cut leaves it 
 sent before the next online transaction (``1 + sim.reversal_retries`` attempts in all).
 Only masked PANs reach the console, the journal and the log; never track 2, field 55 or keys.
 
+The chip is read by the EMV kernel (:mod:`rig.cards.kernel`), which follows the card's PDOL and
+CDOLs; after the host's answer a contact card gets it (EXTERNAL AUTHENTICATE and the second
+GENERATE AC with the ARC and the ARPC of field 55): a TC ends the sale approved, an AAC after
+an approval declines it (``RESULT declined rc=CD``) and stores a reversal (39 = 06). A card
+without a chip is, in the chip reader, a chip that gives no ATR (as a mute one); a card
+without an antenna gives no answer in the field (``CARD fail reason=no contactless answer``).
+
 Card faults, as field guides describe them: a failed chip read (no ATR, unreadable record…)
 says ``CARD fail reason=…`` then ``CARD insert again``; after ``sim.chip_fallback_after``
 failed chip reads in one transaction it says ``CARD fallback swipe`` instead and takes a swipe
@@ -30,10 +37,11 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import datetime
 from typing import Any
 
-from ..cards.kernel import CardReadError, read_card
+from ..cards import tlv
+from ..cards.kernel import CardReadError, ChipTransaction, Completion, TerminalData, begin
 from ..config import TerminalConfig
 from ..core.clock import now
 from ..core.redact import mask_pan
@@ -50,7 +58,8 @@ CARD_TIMEOUT_MS = 30_000  # x sim.time_scale
 COMMANDS = {"SALE": "sale", "PREAUTH": "preauth", "BALANCE": "balance", "VOID": "void", "SETTLE": "settle"}
 MODE_OF = {"inserted": "chip", "swiped": "swipe", "tapped": "tap"}
 REVERSIBLE = ("sale", "preauth", "void")
-NOT_CHIP_FAILURES = ("card removed", "no chip, swipe")  # chip read errors that are no chip fault
+NOT_CHIP_FAILURES = ("card removed",)  # chip read errors that are no chip fault
+CARD_DECLINED = "CD"  # the card's AAC after the host approved (terminal-side code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,7 @@ class CardData:
     pan_sequence: str | None = None
     field55: bytes | None = field(default=None, repr=False)
     aid: str | None = None
+    chip: ChipTransaction | None = field(default=None, repr=False)  # waits for the host's answer
 
     @property
     def masked_pan(self) -> str:
@@ -241,7 +251,7 @@ class Transactions:
                 self.voice.say("INFO", "CARD fallback swipe")  # the chip had its chances
                 continue
             modes = ev.card.profile.entry_modes
-            if mode != "chip" and mode not in modes:
+            if mode == "swipe" and mode not in modes:
                 self._fail(mode, f"card does not support {mode}")
                 continue
             if (mode == "swipe" and ev.card.is_chip_card and not txn.fallback
@@ -286,18 +296,39 @@ class Transactions:
                 raise CardReadError("bad LRC, swipe again")
             fallback = txn.fallback and ev.card.is_chip_card
             return CardData(cup_txn.FALLBACK if fallback else "swipe", p.pan, p.track2)
-        if mode == "chip":
-            if self.world is not None and self.world.inserted(self.name) is not ev.card:
-                raise CardReadError("card removed")
-            if not p.aids or "chip" not in p.entry_modes:
-                raise CardReadError("no chip, swipe")
+        if mode == "chip" and self.world is not None and self.world.inserted(self.name) is not ev.card:
+            raise CardReadError("card removed")
         card = ev.card
+        card.chip.power_up(contactless=mode == "tap")  # the contacts, or the field
         card.reset()
-        if card.atr() is None:
-            raise CardReadError("no ATR")
-        r = read_card(card.transmit, contactless=mode == "tap", amount_minor=txn.amount or 0,
-                      unpredictable=os.urandom(4), when=date.today())
-        return CardData(mode, r.pan, r.track2, r.expiry, r.pan_sequence, r.field55, r.aid)
+        if card.atr() is None:  # no chip (antenna) there, or a mute one
+            raise CardReadError("no ATR" if mode == "chip" else "no contactless answer")
+        term = TerminalData(terminal_id=self.tcfg.terminal_id, merchant_id=self.tcfg.merchant_id)
+        chip = begin(card.transmit, contactless=mode == "tap", amount_minor=txn.amount or 0,
+                     unpredictable=os.urandom(4), when=datetime.now(), terminal=term)
+        r = chip.read
+        return CardData(mode, r.pan, r.track2, r.expiry, r.pan_sequence, r.field55, r.aid,
+                        chip if chip.needs_completion else None)
+
+    def _complete_chip(self, card: CardData | None, arc: str | None,
+                       rsp: Message | None) -> Completion | None:
+        """Give a contact card the host's answer (``arc`` None: none came); its completion, or
+        None when there was nothing to complete or the card failed."""
+        chip = card.chip if card is not None else None
+        if chip is None or not chip.needs_completion:
+            return None
+        f55 = rsp.get("55") if rsp is not None else None
+        iad = None
+        if isinstance(f55, bytes | bytearray):
+            try:
+                iad = tlv.find(bytes(f55), 0x91)
+            except tlv.TlvError:
+                iad = None
+        try:
+            return chip.complete(arc, iad)
+        except CardReadError as e:
+            log.info("%s: second GENERATE AC failed: %s", self.name, e.reason)
+            return None
 
     # --- online -------------------------------------------------------------------------------
     def _request(self, txn: Txn, card: CardData | None, stan: str) -> Message:
@@ -338,6 +369,7 @@ class Transactions:
         if reply is None:
             rc, reason = {"refused": ("NC", "no connection"), "protocol": ("PE", "protocol error"),
                           "closed": ("98", "no response")}.get(outcome, ("98", "timeout"))
+            self._complete_chip(card, None, None)  # unable to go online: the card's AAC
             return Finished("failed", rc, reason, stan=stan)
         rsp = reply.msg
         rc = str(rsp.get("39", "")).strip()
@@ -347,11 +379,19 @@ class Transactions:
         self.voice.say("INFO", f"AUTH rsp rc={rc}")
         await asyncio.sleep(self.delays.draw_s(self.sim.result_display))
         if not reply.mac_ok:
+            self._complete_chip(card, None, None)
             if reversible and rc == cup_txn.APPROVED:  # approved but untrusted: take it back
                 self._store_reversal(cup_txn.reversal_request(msg, "A0"))
             return Finished("failed", "A0", "MAC error", stan=stan)
+        done = self._complete_chip(card, rc, rsp)
         if rc != cup_txn.APPROVED:
             return Finished("declined", rc, stan=stan)
+        if card is not None and card.chip is not None and (done is None or not done.approved):
+            self.voice.say("WARN", "CARD declined after approval", what="card_declined",
+                           issuer_auth=done.issuer_auth if done else None)
+            if reversible:
+                self._store_reversal(cup_txn.reversal_request(msg, "06"))
+            return Finished("declined", CARD_DECLINED, stan=stan)
         rrn, auth = str(rsp.get("37", "")).strip(), rsp.get("38")
         extra: dict[str, Any] = {"auth": str(auth).strip() if auth else None, "rrn": rrn, "stan": stan}
         if txn.kind == "balance" and (bal := cup_txn.balance_of(rsp)) is not None:

@@ -189,8 +189,8 @@ def test_tap_needs_dwell(bench: Any) -> None:
 
 @pytest.mark.parametrize(("card", "move", "reason"), [
     ("mute", "insert", "no ATR"),
-    ("magstripe_only", "insert", "no chip, swipe"),
-    ("contact_only", "tap", "card does not support tap"),
+    ("magstripe_only", "insert", "no ATR"),  # no chip: nothing answers the reset, as if mute
+    ("contact_only", "tap", "no contactless answer"),  # no antenna: nothing in the field
 ])
 def test_card_read_failures_keep_waiting_then_cancel(bench: Any, card: str, move: str, reason: str) -> None:
     b = bench()

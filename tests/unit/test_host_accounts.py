@@ -245,3 +245,63 @@ def test_request_event_data_is_redacted() -> None:
     assert kind is EventKind.REVERSAL_REQ and data["reason"] == "98" and c.pan not in repr(data)
     kind, data = request_event({"t": "0500", "11": "000001", "48": "x"})
     assert kind is EventKind.SETTLE_REQ and data["totals"] == "invalid"
+
+
+# --- the chip cryptogram at the issuer --------------------------------------------------
+
+def _chip_field55(card: str, amount: int, contactless: bool = False) -> bytes:
+    from rig.cards.emv import EmvCard
+    from rig.cards.kernel import read_card
+
+    chip = EmvCard(CARDS[card])
+    chip.power_up(contactless=contactless)
+    return read_card(chip.transmit, contactless=contactless, amount_minor=amount,
+                     unpredictable=b"\x11\x22\x33\x44", when=TODAY).field55
+
+
+def _chip_sale(card: str, amount: int, stan: int, contactless: bool = False,
+               field55: bytes | None = None) -> Message:
+    c = CARDS[card]
+    return _sale(card, amount, stan, pan_sequence=c.pan_sequence,
+                 field55=field55 if field55 is not None else _chip_field55(card, amount, contactless))
+
+
+@pytest.mark.parametrize("card", ["cup_debit", "cup_credit", "visa_credit", "mc_debit"])
+def test_processor_verifies_the_arqc_and_answers_with_an_arpc(card: str) -> None:
+    from rig.cards import tlv
+    from rig.cards.brands import BRANDS
+
+    pr = Proc()
+    for stan, contactless in ((1, False), (2, True)):
+        out = pr.send(_chip_sale(card, 120, stan, contactless))
+        assert out.rc == "00" and out.data["arqc"] == "ok", (card, contactless)
+        iad = tlv.find(out.reply["55"], 0x91)
+        assert iad is not None and len(iad) == (10 if BRANDS[CARDS[card].scheme].arpc_method == 1
+                                                else 8)
+        assert "55" in CUP.decode(CUP.encode(out.reply, mak=out.mak))  # 55 travels in a 0210
+
+
+def test_processor_declines_a_card_with_another_key_a7() -> None:
+    pr = Proc()
+    out = pr.send(_chip_sale("wrong_key", 100, 1))
+    assert out.rc == "A7" and out.data["arqc"] == "failed" and "55" not in out.reply
+    assert pr.accounts.balance("wrong_key") == CARDS["wrong_key"].balance_minor
+    # a tampered amount fails the same way (the cryptogram covers 9F02)
+    f55 = _chip_field55("cup_debit", 100).replace(bytes.fromhex("9F0206000000000100"),
+                                                  bytes.fromhex("9F0206000000000001"))
+    assert pr.send(_chip_sale("cup_debit", 1, 2, field55=f55)).rc == "A7"
+    # swiped, the same card is not checked (no cryptogram); unknown cards stay 14
+    swipe = txn.sale_request(stan=3, terminal_id="10000001", merchant_id="898310048990001",
+                             batch=1, amount_minor=5, entry_mode="swipe",
+                             track2=CARDS["wrong_key"].track2)
+    out = pr.send(swipe)
+    assert out.rc == "00" and out.data["arqc"] == "absent"
+
+
+def test_processor_partial_or_malformed_field55() -> None:
+    pr = Proc([HostOverride(card="wrong_key", rc="00")])
+    out = pr.send(_sale(stan=1, field55=bytes.fromhex("9F2608") + bytes(8)))
+    assert out.rc == "00" and out.data["arqc"] == "unverifiable" and "55" not in out.reply
+    assert pr.send(_sale(stan=2, field55=b"\x9f\x26\x09\x00")).rc == "30"
+    forced = pr.send(_chip_sale("wrong_key", 100, 3))  # a forced 00 skips the check
+    assert forced.rc == "00" and forced.data["arqc"] == "failed" and "55" not in forced.reply

@@ -140,3 +140,12 @@ def test_dol_cannot_ask_for_more_than_one_apdu():
         tlv.parse_dol(bytes.fromhex("9F0284FFFFFFFF"))
     with pytest.raises(TlvError):
         tlv.build_dol(bytes.fromhex("9F0281C8" "9F0381C8"), {})
+
+
+def test_dol_items_give_each_value_as_sent() -> None:
+    dol = bytes.fromhex("9F0206 9F3704 9F3501 9F4E05 5F2A02")
+    items = tlv.dol_items(dol, {0x9F02: bytes.fromhex("0000000100"), 0x9F37: b"\x01\x02\x03\x04\x05",
+                                0x9F35: b"\x22", 0x9F4E: b"AB"})
+    assert items == [(0x9F02, bytes.fromhex("000000000100")), (0x9F37, b"\x01\x02\x03\x04"),
+                     (0x9F35, b"\x22"), (0x9F4E, b"AB\x00\x00\x00"), (0x5F2A, b"\x00\x00")]
+    assert tlv.build_dol(dol, {}) == bytes(tlv.dol_length(dol))
