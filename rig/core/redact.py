@@ -72,6 +72,7 @@ Sink = Callable[[str, str, int, int], None] | None
 # --- track data -------------------------------------------------------------------------------
 _TRACK1 = re.compile(r"%?[Bb](\d{12,19})\^([^^\n]{1,26})\^(\d{4})[^?\s\"',;}\]]*\??")
 _TRACK2 = re.compile(r";?(\d{12,19})(?:=|[Dd](?=\d{4}))\d{4}[0-9A-Fa-f?]*")
+_TRACK2_TEXT = re.compile(r";?(\d{12,19})(?:=|[Dd](?=\d{4}))\d{4}\d*\??(?![0-9A-Fa-f])")
 
 # --- PIN blocks, PINs, keys, passwords ------------------------------------------------------------
 _Q = r"""["']?\s*[:=]?\s*["']?"""  # label ... value, JSON or key=value or "label: value"
@@ -226,6 +227,10 @@ def _track2(m: re.Match[str]) -> tuple[str, str]:
 def _redact(text: str, sink: Sink = None) -> str:
     if not text:
         return text
+    # a track 2 as text (digits to its end) first: it is also a run of hex digits, where the TLV
+    # pass would find tag-like bytes ('...57 01 00 4D...') and mask a byte of the PAN, hiding
+    # the track from its pattern; a track 2 inside a hex dump (tag 57) is the TLV pass's
+    text = _sub(_TRACK2_TEXT, "track2", _track2, text, sink)
     text = _emv(text, sink)
     text = _sub(_TRACK1, "track1", _track1, text, sink)
     text = _sub(_TRACK2, "track2", _track2, text, sink)

@@ -22,10 +22,11 @@ TYPES: dict[str, type] = {"SignOn": SignOn, "SaleResult": SaleResult, "CardCheck
 def _register_late() -> None:
     """Result types of modules that import heavier things (recovery, scenario verdicts)."""
     if "Recovery" not in TYPES:
+        from ..control.cardcheck import CardReport
         from ..control.recovery import Recovery
         from ..control.scenario import Verdict
 
-        TYPES.update(Recovery=Recovery, Verdict=Verdict)
+        TYPES.update(Recovery=Recovery, Verdict=Verdict, CardReport=CardReport)
 
 
 def _plain(x: Any) -> Any:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from rig.analysis.metrics import SignOn
 from rig.analysis.sale_metrics import SaleResult
+from rig.control.cardcheck import CardReport
 from rig.control.recovery import Recovery
 from rig.core.errors import Cancelled, LeaseError, ServiceError, TestError
 from rig.faults.spec import FAULTS, HostReply, Latency, make_fault
@@ -25,6 +26,10 @@ def test_results_round_trip_as_their_types():
                       outcome="approved", rc="00")
     back = codec.decode(codec.encode([sale]))[0]
     assert back == sale and isinstance(back, SaleResult)
+    card = CardReport(reader="vpcd 0", atr="3B 00", aids=["A000000333010101"],
+                      data_objects={"contact": {"pdol": None}}, seen={"contact": {"gpo": "8300"}})
+    back_card = codec.decode(codec.encode(card))
+    assert back_card == card and isinstance(back_card, CardReport)
 
 
 def test_nan_becomes_none_and_plain_data_passes():
