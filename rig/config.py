@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from .core.errors import ConfigError
 
@@ -528,9 +529,15 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], Any]:
     """A YAML file's mapping as plain data, and its ruamel tree (for line numbers)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset "
+                          f"{e.start})") from None
     yaml = YAML(typ="rt")
     try:
         tree = yaml.load(text)
@@ -538,6 +545,15 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], Any]:
         mark = e.problem_mark
         line = mark.line + 1 if mark else "?"
         raise ConfigError(f"{path}:{line}: YAML syntax: {e.problem}") from e
+    except ReaderError as e:  # a control character: not a MarkedYAMLError, but has a position
+        line = text[:max(0, e.position)].count("\n") + 1
+        c = e.character if isinstance(e.character, int) else ord(str(e.character)[:1] or "?")
+        raise ConfigError(f"{path}:{line}: YAML syntax: {e.reason} (U+{c:04X})") from None
+    except (YAMLError, ValueError, TypeError, NotImplementedError) as e:
+        # ruamel's round-trip loader raises these on input it cannot represent: '._' resolved
+        # as a float, an unhashable complex key, duplicate keys with overlapping comments
+        raise ConfigError(f"{path}: YAML the loader cannot read ({type(e).__name__}: {e}); "
+                          f"look for odd keys, control characters or duplicate keys") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}:1: expected a mapping at the top level")
     return _plain(tree), tree

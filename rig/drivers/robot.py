@@ -53,9 +53,11 @@ ALARMS = {0: "locked after reset / power-up (homing or unlock required)", 1: "Ha
           2: "Soft limit", 3: "Reset while in motion", 4: "Probe fail", 5: "Probe fail",
           6: "Homing fail (reset during homing)", 7: "Homing fail (safety door)",
           8: "Homing fail (pull-off)", 9: "Homing fail (switch not found)"}
-_INFO, _SETTING = re.compile(r"^(\[.*\]|\$N?\d+=.*|>.*)$"), re.compile(r"^\$(\d+)=([-\d.]+)", re.M)
-_STATUS = re.compile(r"<([A-Za-z]+(?::\d)?)\|(?:MPos|WPos):(-?[\d.]+),(-?[\d.]+),(-?[\d.]+)"
-                     r"(?:\|[^>]*?\bFS?:([\d.]+))?[^>]*>")
+_NUM = r"-?(?:\d+\.?\d*|\.\d+)"  # what GRBL prints: 12, -0.500, .5 (never '1.2.3' or '.')
+_INFO = re.compile(r"^(\[.*\]|\$N?\d+=.*|>.*)$")
+_SETTING = re.compile(rf"^\$(\d+)=({_NUM})(?=\s|$)", re.M)  # a garbled value: not a setting
+_STATUS = re.compile(rf"<([A-Za-z]+(?::\d)?)\|(?:MPos|WPos):({_NUM}),({_NUM}),({_NUM})"
+                     rf"(?:\|[^>]*?\bFS?:(\d+\.?\d*|\.\d+))?[^>]*>")
 
 
 @dataclass(frozen=True, slots=True)
