@@ -549,9 +549,10 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], Any]:
         line = text[:max(0, e.position)].count("\n") + 1
         c = e.character if isinstance(e.character, int) else ord(str(e.character)[:1] or "?")
         raise ConfigError(f"{path}:{line}: YAML syntax: {e.reason} (U+{c:04X})") from None
-    except (YAMLError, ValueError, TypeError, NotImplementedError) as e:
+    except (YAMLError, ValueError, TypeError, AttributeError, NotImplementedError) as e:
         # ruamel's round-trip loader raises these on input it cannot represent: '._' resolved
-        # as a float, an unhashable complex key, duplicate keys with overlapping comments
+        # as a float, an unhashable complex key, duplicate keys with overlapping comments, a
+        # merge key aliasing its own mapping (AttributeError)
         raise ConfigError(f"{path}: YAML the loader cannot read ({type(e).__name__}: {e}); "
                           f"look for odd keys, control characters or duplicate keys") from None
     if not isinstance(tree, dict):
