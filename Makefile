@@ -26,7 +26,7 @@ run: install
 	$(BIN)/rig report last --config $(CONFIG) --html results/demo-report.html
 
 test: install
-	$(BIN)/ruff check rig tests benchmarks
+	$(BIN)/ruff check rig tests benchmarks fuzz
 	$(BIN)/pytest -q -ra tests
 
 test-unit: install
@@ -60,7 +60,7 @@ chaos: install
 	$(BIN)/python -m tests.chaos --kills $(KILLS)
 
 lint: install
-	$(BIN)/ruff check rig tests benchmarks
+	$(BIN)/ruff check rig tests benchmarks fuzz
 
 # JupyterLab on notebooks/ with the project's kernel (the venv's python3); RIG_RESULTS as set.
 lab: install

@@ -60,6 +60,7 @@ def run_scenario(rig: Rig, sc: Scenario, terminal: str) -> Verdict:
     watch = Watch(rig, terminal)
     expected = sc.expect.model_dump(exclude_none=True, exclude_defaults=True)
     try:
+        console_patterns(sc)  # a bad regex fails now, not after the case ran
         if "kernel" in sc.needs:
             _check_kernel(rig)
         observed = PROCEDURES[sc.procedure](rig, sc, terminal, watch)
@@ -87,6 +88,18 @@ def _check_kernel(rig: Rig) -> None:
         raise TestError(f"needs kernel faults: {caps.reason}")
 
 
+def console_patterns(sc: Scenario) -> list[re.Pattern[str]]:
+    """The scenario's ``expect.console`` regexes, compiled; TestError names one that is not."""
+    out = []
+    for rx in sc.expect.console:
+        try:
+            out.append(re.compile(rx))
+        except (re.error, OverflowError, RecursionError) as e:
+            raise TestError(f"scenario {sc.name}: expect.console {rx!r} is not a regular "
+                            f"expression: {e}") from None
+    return out
+
+
 def judge(sc: Scenario, obs: dict[str, Any], console: list[str]) -> list[dict[str, Any]]:
     """One check per expectation given: what was expected, what was observed, ok or not."""
     e = sc.expect
@@ -107,9 +120,9 @@ def judge(sc: Scenario, obs: dict[str, Any], console: list[str]) -> list[dict[st
     if e.recover_within_s is not None:
         r = obs.get("recover_s")
         check("recover_within_s", e.recover_within_s, r, r is not None and r <= e.recover_within_s)
-    for rx in e.console:
-        hit = next((line for line in console if re.search(rx, line)), None)
-        check(f"console ~ {rx}", True, hit, hit is not None)
+    for rx in console_patterns(sc):
+        hit = next((line for line in console if rx.search(line)), None)
+        check(f"console ~ {rx.pattern}", True, hit, hit is not None)
     return checks
 
 

@@ -367,4 +367,8 @@ def fault_from_dict(data: dict[str, Any]) -> Fault:
     if not isinstance(data, dict) or "fault" not in data:
         raise TestError(f"a fault needs a `fault:` name, got {data!r}")
     params = dict(data)
-    return make_fault(str(params.pop("fault")), **params)
+    name = str(params.pop("fault"))
+    odd = [k for k in params if not isinstance(k, str)]
+    if odd:  # YAML allows `1: x` or `[a]: x`; they cannot be parameter names
+        raise TestError(f"fault {name}: parameter names must be words, got {odd[0]!r}")
+    return make_fault(name, **params)

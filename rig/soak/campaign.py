@@ -82,6 +82,9 @@ def parse_local_time(v: Any) -> time:
     return time(int(m[1]), int(m[2]), int(m[3] or 0))
 
 
+MAX_AMOUNT = Decimal(10**10)  # major units; ISO 8583 field 4 holds 12 digits of minor units
+
+
 def parse_amount(v: Any) -> str:
     """``1``, ``1.0``, ``"1.00"`` → ``"1.00"``: positive, at most two decimals (major units)."""
     if isinstance(v, bool):
@@ -90,8 +93,9 @@ def parse_amount(v: Any) -> str:
         d = Decimal(str(v).strip())
     except InvalidOperation:
         raise ValueError(f"amount {v!r} is not a number; give it like \"1.00\"") from None
-    if not d.is_finite() or d <= 0 or d != d.quantize(Decimal("0.01")):
-        raise ValueError(f"amount {v!r}: must be positive with at most 2 decimals")
+    if not d.is_finite() or d <= 0 or d >= MAX_AMOUNT or d != d.quantize(Decimal("0.01")):
+        raise ValueError(f"amount {v!r}: must be positive with at most 2 decimals, below "
+                         f"{MAX_AMOUNT:,} (field 4: 12 digits of minor units)")
     return f"{d:.2f}"
 
 

@@ -614,7 +614,7 @@ class Plan:
         if stop.duration is not None:
             bounds["duration"] = stop.duration
         if stop.until is not None:
-            now = self.now or datetime.now().astimezone()
+            now = (self.now or datetime.now()).astimezone()  # naive = local, as deadline() takes it
             end = stop.deadline(now) if stop.duration is None else \
                 stop.model_copy(update={"duration": None}).deadline(now)
             assert end is not None
