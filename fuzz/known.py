@@ -2,7 +2,7 @@
 
 A crash whose target, exception type and file match an entry here is counted as *known* (shown
 in its own column, it does not fail ``make fuzz`` or the ``make test`` slice). Its reproducer is
-``fuzz/corpus/<target>/open-*.bin``; the slice xfails while it still crashes. When the owner
+``fuzz/corpus/<target>/open-*.bin``; the slice checks it still crashes. When the owner
 fixes it, delete the entry and drop the ``open-`` prefix from the file name: it stays as a
 regression case.
 """
