@@ -136,7 +136,8 @@ def run_chaos(tmp: Path, *, kills: int = 20, seed: int = 1, soak_cycles: int = 2
     journal = tmp / "truth.jsonl"
     campaign = campaign_file(tmp, lab_yaml, cycles=soak_cycles, name="chaos-soak", label="chaos",
                              terminals="[T3]", signon_s=10, extra="chunk: 2")
-    os.environ["RIG_SERVICE_IDLE_S"] = "60"
+    idle_before = os.environ.get("RIG_SERVICE_IDLE_S")
+    os.environ["RIG_SERVICE_IDLE_S"] = "60"  # restored below: pytest runs more tests after
     res = ChaosResult()
     lab = LabProc(lab_yaml, journal)
     killed_runs: list[int] = []
@@ -189,6 +190,10 @@ def run_chaos(tmp: Path, *, kills: int = 20, seed: int = 1, soak_cycles: int = 2
     finally:
         _stop_service(results)
         lab.stop()
+        if idle_before is None:
+            os.environ.pop("RIG_SERVICE_IDLE_S", None)
+        else:
+            os.environ["RIG_SERVICE_IDLE_S"] = idle_before
     res.strays += _strays(results, lab_yaml)
     res.seconds = time.monotonic() - t0
     return res
