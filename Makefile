@@ -27,7 +27,8 @@ run: install
 
 test: install
 	$(BIN)/ruff check rig tests benchmarks fuzz
-	$(BIN)/pytest -q -ra tests
+	$(BIN)/pytest -q -ra -n 2 --dist loadfile -m "not timing" tests
+	$(BIN)/pytest -q -ra -m timing tests
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

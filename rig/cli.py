@@ -27,7 +27,7 @@ app.add_typer(lab_app, name="lab")
 app.add_typer(host_app, name="host")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error names file:line: never wrap it
 
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", envvar="RIG_CONFIG",
                                         help="lab config YAML")]
@@ -928,6 +928,10 @@ def scenario_run(name: Annotated[str, typer.Argument(help="scenario name, or 'al
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Ctrl-C / SIGINT always interrupts safely, also when started from a script in the
+    # background (a non-interactive shell starts background jobs with SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rc = app(standalone_mode=False)  # typer turns Ctrl-C into exit code 130
     except (KeyboardInterrupt, typer.Abort):

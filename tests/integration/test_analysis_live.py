@@ -16,7 +16,7 @@ from rig.analysis.figures import SALE_FIGURES, SIGNON_FIGURES
 from rig.faults import HostDown, Latency
 from tests.labcfg import virtual_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timing]  # timing: run alone (pyproject markers)
 
 
 def _same(a, b) -> bool:

@@ -16,7 +16,7 @@ from tests.labcfg import write_config
 from tests.profilelab import profile_lab
 from tests.truth import truth_cycles
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timing]  # timing: run alone (pyproject markers)
 TOL_S = 0.002
 ROOT = Path(__file__).resolve().parents[2]
 SALE_FIGURES = ("card_to_auth_s", "auth_host_s", "auth_to_result_s", "card_to_result_s")

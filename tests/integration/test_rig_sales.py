@@ -13,7 +13,7 @@ from rig import load_run, open_local
 from rig.cards.profiles import load_cards
 from tests.labcfg import virtual_config, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timing]  # timing: run alone (pyproject markers)
 ROOT = Path(__file__).resolve().parents[2]
 TOL_S = 0.002
 FIGURES = ("card_to_auth_s", "auth_host_s", "auth_to_result_s", "card_to_result_s")

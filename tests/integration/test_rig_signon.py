@@ -11,7 +11,7 @@ from rig.core.errors import InstrumentError, TestError
 from rig.timeline.events import EventKind
 from tests.truth import read, truth_cycles
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timing]  # timing: run alone (pyproject markers)
 FIGURES = ("boot_s", "signon_req_s", "signon_host_s", "ready_s")
 TOL_S = 0.002
 

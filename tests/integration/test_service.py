@@ -91,6 +91,7 @@ def test_two_clients_share_status_and_a_lease_is_exclusive_until_its_holder_dies
     assert runs == {"client-a": "interrupted", "client-b": "completed"}
 
 
+@pytest.mark.timing  # run alone: a test beside it would disturb the figures too
 def test_busy_client_process_does_not_disturb_the_figures(lab):
     path, results = lab
     with open_rig(path, results=results) as rig:
