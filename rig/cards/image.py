@@ -15,16 +15,37 @@ Values never reach an error text (they may be a PAN or track 2): errors name tag
 from __future__ import annotations
 
 import calendar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import crypto, tags, tlv
 from .brands import BRANDS, CONTACTLESS_ATR, INTERFACES, Brand, Interface
 from .tlv import TlvError
 
-if TYPE_CHECKING:
-    from .profiles import CardProfile
+
+class CardFields(Protocol):
+    """What :func:`build_image` reads of a card profile (:class:`rig.cards.profiles.
+    CardProfile` has these): the image depends on this shape, not on the profiles module,
+    which calls :func:`build_image` to check every profile it loads."""
+
+    name: str
+    scheme: str
+    pan: str
+    pan_sequence: str
+    expiry: str
+    service_code: str
+    cardholder: str
+    currency: str
+    aids: Sequence[str]
+    entry_modes: Sequence[str]
+    app_label: str
+    atr: str
+    emv: Any
+
+    @property
+    def track2(self) -> str: ...
 
 # tags a profile sets through its own fields, never through emv.data
 DERIVED = {0x57: "pan / expiry / service_code", 0x5A: "pan", 0x5F24: "expiry",
@@ -162,7 +183,7 @@ def expiry_yymmdd(expiry: str) -> bytes:
     return bcd(f"{expiry}{last:02d}")
 
 
-def _card_data(p: CardProfile, brand: Brand) -> dict[int, bytes]:
+def _card_data(p: CardFields, brand: Brand) -> dict[int, bytes]:
     """The card's own data objects (those records may hold), before ``emv.data``."""
     return {
         0x57: cn(p.track2.replace("=", "D")), 0x5A: cn(p.pan),
@@ -259,7 +280,7 @@ def _records(loc: tuple[str | int, ...], spec: dict[str, Any],
     return contents, tag_lists
 
 
-def _interface(p: CardProfile, brand: Brand, name: Interface,
+def _interface(p: CardFields, brand: Brand, name: Interface,
                common: dict[int, bytes]) -> InterfaceImage:
     d = brand.interface(name)
     spec = p.emv.interface(name) if p.emv is not None else None
@@ -336,7 +357,7 @@ def _text(loc: tuple[str | int, ...], text: str, limit: int, what: str) -> str:
     return text
 
 
-def build_image(p: CardProfile) -> CardImage:
+def build_image(p: CardFields) -> CardImage:
     """The card ``p`` describes; raises :class:`ImageError` when it would be inconsistent."""
     brand = BRANDS[p.scheme]
     e = p.emv
