@@ -117,13 +117,12 @@ class CurrentTrace:
             name = t.power.psu
             if name is None or name not in psus:
                 continue
-            inst = cfg.instruments[name]
-            rate = getattr(inst, "trace_hz", 0.0)
-            if rate <= 0:
+            inst = psus[name].cfg
+            if inst.trace_hz <= 0:
                 continue
             if name not in samplers:
-                samplers[name] = _Sampler(self, psus[name], rate, inst.trace_volts)
-            self._channel[tname] = (samplers[name], t.power.channel)
+                samplers[name] = _Sampler(self, psus[name], inst.trace_hz, inst.trace_volts)
+            self._channel[tname] = (samplers[name], t.power.outlet)
         self._samplers = list(samplers.values())
 
     @property

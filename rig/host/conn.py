@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 from rig.core.clock import ClockSource, Deadline, WallToMono, now
 from rig.core.errors import ProtocolError
@@ -113,11 +115,19 @@ class HostConn:
 
     async def _readable(self, timeout: float) -> bool:
         """Wait until the socket may have data (True) or ``timeout`` passed (False)."""
+        return await self._ready(self._loop.add_reader, self._loop.remove_reader, timeout)
+
+    async def _writable(self, timeout: float) -> bool:
+        """Wait until the socket takes data again (True) or ``timeout`` passed (False)."""
+        return await self._ready(self._loop.add_writer, self._loop.remove_writer, timeout)
+
+    async def _ready(self, add: Callable[..., Any], remove: Callable[[int], Any],
+                     timeout: float) -> bool:
         fut: asyncio.Future[bool] = self._loop.create_future()
 
         def ready() -> None:
-            if self.tx_kernel:
-                drain_tx_stamps(self.sock)  # a queued TX stamp also polls readable (POLLERR)
+            if self.tx_kernel:  # a queued TX stamp polls readable and writable (POLLERR):
+                drain_tx_stamps(self.sock)  # drain it, do not spin on it
             if not fut.done():
                 fut.set_result(True)
 
@@ -125,14 +135,14 @@ class HostConn:
             if not fut.done():
                 fut.set_result(False)
 
-        self._loop.add_reader(self._fd, ready)
+        add(self._fd, ready)
         timer = self._loop.call_later(timeout, late)
         try:
             return await fut
         finally:
             timer.cancel()
             if not self.closed:
-                self._loop.remove_reader(self._fd)
+                remove(self._fd)
 
     # --- writing ------------------------------------------------------------------------------
     async def send(self, data: bytes, timeout_s: float) -> RxStamp:
@@ -164,28 +174,6 @@ class HostConn:
                     break
                 await asyncio.sleep(_TX_POLL_S)
         return RxStamp(after.mono_ns, after.wall_ns, ClockSource.THREAD, None)
-
-    async def _writable(self, timeout: float) -> bool:
-        fut: asyncio.Future[bool] = self._loop.create_future()
-
-        def ready() -> None:
-            if self.tx_kernel:
-                drain_tx_stamps(self.sock)  # POLLERR wakes writers too: do not spin on it
-            if not fut.done():
-                fut.set_result(True)
-
-        def late() -> None:
-            if not fut.done():
-                fut.set_result(False)
-
-        self._loop.add_writer(self._fd, ready)
-        timer = self._loop.call_later(timeout, late)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-            if not self.closed:
-                self._loop.remove_writer(self._fd)
 
     # --- closing ------------------------------------------------------------------------------
     def close(self) -> None:
